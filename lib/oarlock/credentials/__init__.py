@@ -1,0 +1,1 @@
+"""OAuth2 credentials that keep themselves alive."""

@@ -1,0 +1,77 @@
+"""The message a function receives and emits (sailor's message shape)."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from oarlock.errors import DecodeError
+
+_KNOWN_FIELDS = ("id", "body", "headers", "attachments", "passthrough")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Message:
+    """``{id, body, headers, attachments, passthrough}`` plus any extra fields, kept as they came."""
+
+    body: Any = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)
+    attachments: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_id)
+    passthrough: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "message") -> Message:
+        """Build a message from decoded JSON; a DecodeError names what is wrong with the shape."""
+        if not isinstance(data, dict):
+            raise DecodeError(f"{where} must be a JSON object, got {_json_type(data)}")
+        headers = data.get("headers") or {}
+        if not isinstance(headers, dict):
+            raise DecodeError(f"{where}.headers must be an object, got {_json_type(headers)}")
+        attachments = data.get("attachments") or {}
+        if not isinstance(attachments, dict):
+            raise DecodeError(f"{where}.attachments must be an object, got {_json_type(attachments)}")
+        passthrough = data.get("passthrough")
+        if passthrough is not None and not isinstance(passthrough, dict):
+            raise DecodeError(f"{where}.passthrough must be an object, got {_json_type(passthrough)}")
+        raw_id = data.get("id")
+        return cls(
+            body=data.get("body", {}),
+            headers=dict(headers),
+            attachments=dict(attachments),
+            id=str(raw_id) if raw_id else new_id(),
+            passthrough=passthrough,
+            extra={k: v for k, v in data.items() if k not in _KNOWN_FIELDS},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "body": self.body, "headers": self.headers}
+        out["attachments"] = self.attachments
+        if self.passthrough is not None:
+            out["passthrough"] = self.passthrough
+        out.update(self.extra)
+        return out
+
+    def copy(self) -> Message:
+        return copy.deepcopy(self)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
