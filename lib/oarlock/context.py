@@ -1,0 +1,93 @@
+"""What a function receives as ``ctx``: emit, a redacting logger, cfg, and an authenticated HTTP session."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from oarlock.message import Message
+
+if TYPE_CHECKING:
+    from oarlock.credentials.manager import BoundCredential, CredentialManager
+
+RefreshHook = Callable[[dict[str, Any], dict[str, Any]], Any]
+
+
+class Context:
+    """Injected into every call of ``process(msg, cfg, snapshot, ctx)``.
+
+    - ``ctx.emit(event, payload)``: emit an event (PROTOCOL.md §5); unknown names raise EmitError.
+    - ``ctx.http``: a ``requests.Session`` whose auth keeps the OAuth2 credential of ``cfg`` alive
+      (proactive refresh, refresh + one resend on 401). Built on first use.
+    - ``ctx.credentials``: the bound credential (``.access_token()`` gives a fresh token) or None.
+    - ``ctx.logger``: a logger whose records are redacted before they are written.
+    - ``ctx.message``, ``ctx.cfg``, ``ctx.snapshot``: what the call was given.
+    """
+
+    def __init__(
+        self,
+        *,
+        emit: Callable[[str, Any], None],
+        message: Message,
+        cfg: dict[str, Any],
+        snapshot: dict[str, Any],
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        credentials: CredentialManager | None = None,
+        refresh_hook: RefreshHook | None = None,
+    ) -> None:
+        self._emit = emit
+        self.message = message
+        self.cfg = cfg
+        self.snapshot = snapshot
+        self.logger = logger
+        self._credentials = credentials
+        self._refresh_hook = refresh_hook
+        self._http: requests.Session | None = None
+        self._bound: BoundCredential | None = None
+
+    def emit(self, event: str, payload: Any = None) -> None:
+        self._emit(event, payload)
+
+    def _on_update(self, payload: dict[str, Any]) -> None:
+        self._emit("updateKeys", payload)
+
+    @property
+    def has_oauth(self) -> bool:
+        return isinstance(self.cfg.get("oauth"), dict)
+
+    @property
+    def http(self) -> requests.Session:
+        if self._http is None:
+            if self._credentials is not None and self.has_oauth:
+                self._http = self._credentials.session(
+                    self.cfg, on_update=self._on_update, refresh_hook=self._refresh_hook
+                )
+            else:
+                self._http = _static_session(self.cfg)
+        return self._http
+
+    @property
+    def credentials(self) -> BoundCredential | None:
+        if self._credentials is None or not self.has_oauth:
+            return None
+        if self._bound is None:
+            self._bound = self._credentials.credential(
+                self.cfg, on_update=self._on_update, refresh_hook=self._refresh_hook
+            )
+        return self._bound
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+
+
+def _static_session(cfg: dict[str, Any]) -> requests.Session:
+    """A session without refresh: sends ``cfg.oauth.access_token`` as a static bearer token if there is one."""
+    session = requests.Session()
+    oauth = cfg.get("oauth")
+    if isinstance(oauth, dict) and isinstance(oauth.get("access_token"), str):
+        session.headers["Authorization"] = f"Bearer {oauth['access_token']}"
+    return session
