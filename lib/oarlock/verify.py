@@ -1,0 +1,100 @@
+"""Credential verification (PROTOCOL.md §7): run a component's ``verify_credentials.py``.
+
+``verify(cfg)`` (or ``verify(cfg, ctx)``) may return a bool, a dict (``{"verified": …,
+"reason": …}``; a dict without ``verified`` counts as verified), or raise: the exception
+text, redacted, becomes the reason. A component without a verifier is verified.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from oarlock.context import Context
+from oarlock.credentials.redact import redact, redact_text, register_credential
+from oarlock.errors import ComponentError
+from oarlock.executor import _run_maybe_async
+from oarlock.message import Message
+
+if TYPE_CHECKING:
+    from oarlock.credentials.manager import CredentialManager
+
+log = logging.getLogger("oarlock.verify")
+
+
+def load_verifier(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"oarlock_verifier_{abs(hash(str(path)))}", path)
+    if spec is None or spec.loader is None:
+        raise ComponentError(f"{path} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    root = str(path.parent)
+    added = root not in sys.path
+    if added:
+        sys.path.insert(0, root)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ComponentError(f"{path.name} failed to import: {type(exc).__name__}: {redact_text(str(exc))}") from None
+    finally:
+        if added:
+            sys.path.remove(root)
+    if not callable(getattr(module, "verify", None)):
+        raise ComponentError(f"{path.name} does not define a callable verify(cfg)")
+    return module
+
+
+def verify_credentials(
+    verifier: Path | None, cfg: dict[str, Any], *, credentials: CredentialManager | None = None
+) -> dict[str, Any]:
+    """Run the verifier and return ``{"verified": True}`` or ``{"verified": False, "reason": …}``."""
+    if verifier is None:
+        return {"verified": True}
+    module = load_verifier(verifier)
+    register_credential(cfg)
+    updates: list[dict[str, Any]] = []
+
+    def emit(name: str, payload: Any = None) -> None:
+        if name == "updateKeys" and isinstance(payload, dict):
+            updates.append(payload)
+
+    ctx = Context(
+        emit=emit,
+        message=Message(),
+        cfg=cfg,
+        snapshot={},
+        logger=logging.getLogger("oarlock.component.verify"),
+        credentials=credentials,
+        refresh_hook=getattr(module, "refresh_credentials", None),
+    )
+    verify = module.verify
+    takes_ctx = len(inspect.signature(verify).parameters) >= 2
+    try:
+        result = _run_maybe_async(verify(cfg, ctx) if takes_ctx else verify(cfg))
+    except Exception as exc:
+        return {"verified": False, "reason": redact_text(str(exc)) or type(exc).__name__}
+    finally:
+        ctx.close()
+    outcome = _interpret(result)
+    if updates:
+        outcome["updateKeys"] = updates
+    return outcome
+
+
+def _interpret(result: Any) -> dict[str, Any]:
+    if isinstance(result, bool):
+        return {"verified": True} if result else {"verified": False, "reason": "the verifier returned false"}
+    if isinstance(result, dict):
+        if "verified" not in result:
+            return {"verified": True}
+        out: dict[str, Any] = {"verified": bool(result["verified"])}
+        if not out["verified"]:
+            out["reason"] = redact_text(str(result.get("reason") or "the verifier returned verified: false"))
+        extra = {k: v for k, v in result.items() if k not in ("verified", "reason")}
+        out.update(redact(extra))
+        return out
+    return {"verified": True}
