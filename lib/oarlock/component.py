@@ -1,0 +1,284 @@
+"""Load a component folder: component.json, its functions and their metadata.
+
+``Component.load`` is lenient about the quirks real components carry (see
+``oarlock.validate`` for the full list of checks) but strict about what oarlock needs to
+run a function: valid JSON, the structural schema, and a Python ``main`` that defines
+``process``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import jsonschema
+
+from oarlock.credentials.redact import redact_text
+from oarlock.errors import ComponentError
+
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+JAVA_CLASS = re.compile(r"^[a-z][\w]*(\.[\w$]+)+$")
+_import_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation finding, with the JSON path it concerns."""
+
+    path: str
+    message: str
+    level: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        prefix = "warning: " if self.level == "warning" else ""
+        return f"{prefix}{self.path}: {self.message}" if self.path else f"{prefix}{self.message}"
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """An action or trigger as component.json declares it."""
+
+    name: str
+    kind: Literal["action", "trigger"]
+    main: str
+    title: str
+    metadata_in: dict[str, Any] | None = None
+    metadata_out: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def json_path(self) -> str:
+        return f"{self.kind}s.{self.name}"
+
+
+@cache
+def component_schema() -> dict[str, Any]:
+    """The published JSON Schema of component.json (shipped in ``oarlock/schema``)."""
+    text = resources.files("oarlock").joinpath("schema/component.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def json_path(parts: Any) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def read_component_json(root: Path) -> dict[str, Any]:
+    """Read and parse component.json; ComponentError names the file and the line/column of a JSON error."""
+    path = root / "component.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ComponentError(f"{path} does not exist: a component folder needs a component.json") from None
+    except OSError as exc:
+        raise ComponentError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ComponentError(f"{path} is not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ComponentError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise ComponentError(f"{path} must hold a JSON object")
+    return data
+
+
+def schema_problems(data: Any) -> list[Problem]:
+    """The structural (schema) problems of a parsed component.json, each as a plain sentence."""
+    validator = jsonschema.Draft7Validator(component_schema())
+    problems = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        problems.append(Problem(json_path(error.absolute_path) or "component.json", _sentence(error)))
+    return problems
+
+
+def _sentence(error: jsonschema.ValidationError) -> str:
+    if error.validator == "required":
+        return error.message.replace("is a required property", "is required")
+    if error.validator == "type":
+        return f"must be of type {error.validator_value}, got {_json_type(error.instance)}"
+    if error.validator == "enum":
+        return f"must be one of {', '.join(map(str, error.validator_value))}, got {error.instance!r}"
+    if error.validator in ("anyOf", "oneOf"):
+        return f"has the wrong form ({_json_type(error.instance)}): {error.schema.get('description', error.message)}"
+    return error.message
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def main_problem(root: Path, main: str) -> str | None:
+    """Why a ``main`` cannot be a Python file of this component, or None when it looks right."""
+    if JAVA_CLASS.match(main) and not main.endswith(".py"):
+        return f"{main} is a Java class name, not a Python file"
+    path = root / main
+    if not main.endswith(".py"):
+        if path.suffix in (".js", ".ts", ".mjs", ".cjs"):
+            return f"{main} is a JavaScript file, not a Python file"
+        return f"{main} is not a Python file (.py)"
+    if not path.is_file():
+        return f"{_display(main)} does not exist"
+    return None
+
+
+def _display(main: str) -> str:
+    return main[2:] if main.startswith("./") else main
+
+
+class Component:
+    """A loaded component folder."""
+
+    def __init__(self, root: Path, raw: dict[str, Any]) -> None:
+        self.root = root
+        self.raw = raw
+        self.title = str(raw.get("title", root.name))
+        self.functions: dict[str, FunctionSpec] = {}
+        for kind in ("action", "trigger"):
+            for name, spec in (raw.get(f"{kind}s") or {}).items():
+                self.functions[name] = FunctionSpec(
+                    name=name,
+                    kind=kind,  # type: ignore[arg-type]
+                    main=str(spec.get("main", "")),
+                    title=str(spec.get("title", name)),
+                    metadata_in=self._metadata(spec, "in", f"{kind}s.{name}"),
+                    metadata_out=self._metadata(spec, "out", f"{kind}s.{name}"),
+                    raw=spec,
+                )
+        self._modules: dict[str, ModuleType] = {}
+
+    @classmethod
+    def load(cls, root: str | Path) -> Component:
+        folder = Path(root).resolve()
+        if not folder.is_dir():
+            raise ComponentError(f"component folder {root} does not exist")
+        raw = read_component_json(folder)
+        problems = schema_problems(raw)
+        if problems:
+            listed = "; ".join(str(p) for p in problems[:5])
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise ComponentError(f"{folder / 'component.json'} is invalid: {listed}{more}")
+        return cls(folder, raw)
+
+    def _metadata(self, spec: Mapping[str, Any], direction: str, where: str) -> dict[str, Any] | None:
+        metadata = spec.get("metadata")
+        if not isinstance(metadata, dict):
+            return None
+        value = metadata.get(direction)
+        if isinstance(value, dict):
+            return value or None
+        if isinstance(value, str):
+            path = self.root / value
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+            except OSError:
+                raise ComponentError(f"{where}.metadata.{direction}: {_display(value)} does not exist") from None
+            except ValueError as exc:
+                raise ComponentError(f"{where}.metadata.{direction}: {_display(value)} is not valid JSON: {exc}") from None
+            return loaded if isinstance(loaded, dict) and loaded else None
+        return None
+
+    def function(self, name: str) -> FunctionSpec:
+        spec = self.functions.get(name)
+        if spec is None:
+            actions = sorted(n for n, f in self.functions.items() if f.kind == "action")
+            triggers = sorted(n for n, f in self.functions.items() if f.kind == "trigger")
+            raise ComponentError(
+                f"unknown function {name!r}: component.json defines actions {', '.join(actions) or '(none)'}"
+                f" and triggers {', '.join(triggers) or '(none)'}"
+            )
+        return spec
+
+    def load_module(self, name: str) -> ModuleType:
+        """Import the function's ``main`` file (once) and check that it defines a callable ``process``."""
+        spec = self.function(name)
+        with _import_lock:
+            cached = self._modules.get(spec.main)
+            if cached is not None:
+                return cached
+            problem = main_problem(self.root, spec.main)
+            if problem:
+                raise ComponentError(f"{spec.json_path}.main: {problem}")
+            module = import_file(self.root, self.root / spec.main, where=f"{spec.json_path}.main")
+            if not callable(getattr(module, "process", None)):
+                raise ComponentError(f"{spec.json_path}.main: {_display(spec.main)} does not define a function process")
+            self._modules[spec.main] = module
+            return module
+
+    def oauth2_settings(self, env: Mapping[str, str]) -> dict[str, Any]:
+        """credentials.oauth2 of component.json with ``{{NAME}}`` placeholders filled from the environment."""
+        credentials = self.raw.get("credentials")
+        oauth2 = credentials.get("oauth2") if isinstance(credentials, dict) else None
+        if not isinstance(oauth2, dict):
+            return {}
+        filled: dict[str, Any] = {}
+        for key, value in oauth2.items():
+            filled[key] = fill_placeholders(value, env, where=f"credentials.oauth2.{key}")
+        return filled
+
+    def verifier_path(self) -> Path | None:
+        path = self.root / "verify_credentials.py"
+        return path if path.is_file() else None
+
+
+def fill_placeholders(value: Any, env: Mapping[str, str], *, where: str) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                raise ComponentError(f"{where}: environment variable {name} is not set (used as {{{{{name}}}}})")
+            return env[name]
+
+        return PLACEHOLDER.sub(substitute, value)
+    if isinstance(value, list):
+        return [fill_placeholders(v, env, where=where) for v in value]
+    if isinstance(value, dict):
+        return {k: fill_placeholders(v, env, where=f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def import_file(root: Path, path: Path, *, where: str) -> ModuleType:
+    """Import a Python file under a module name unique to (component root, file)."""
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    module_name = f"oarlock_component_{digest}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ComponentError(f"{where}: {path} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    root_text = str(root)
+    added = root_text not in sys.path
+    if added:
+        sys.path.insert(0, root_text)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ComponentError(
+            f"{where}: importing {path.relative_to(root)} failed: {type(exc).__name__}: {redact_text(str(exc))}"
+        ) from None
+    finally:
+        if added:
+            sys.path.remove(root_text)
+    return module
