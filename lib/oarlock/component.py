@@ -194,7 +194,9 @@ class Component:
             except OSError:
                 raise ComponentError(f"{where}.metadata.{direction}: {_display(value)} does not exist") from None
             except ValueError as exc:
-                raise ComponentError(f"{where}.metadata.{direction}: {_display(value)} is not valid JSON: {exc}") from None
+                raise ComponentError(
+                    f"{where}.metadata.{direction}: {_display(value)} is not valid JSON: {exc}"
+                ) from None
             return loaded if isinstance(loaded, dict) and loaded else None
         return None
 
@@ -225,30 +227,35 @@ class Component:
             self._modules[spec.main] = module
             return module
 
-    def oauth2_settings(self, env: Mapping[str, str]) -> dict[str, Any]:
-        """credentials.oauth2 of component.json with ``{{NAME}}`` placeholders filled from the environment."""
+    def oauth2_settings(self, env: Mapping[str, Any]) -> dict[str, Any]:
+        """credentials.oauth2 of component.json with ``{{NAME}}`` placeholders filled from ``env``.
+
+        ``env`` is the environment, optionally overlaid with the step's cfg values (real components
+        also name credential fields, e.g. ``https://{{prodEnv}}.salesforce.com``). A placeholder that
+        nothing fills is a ComponentError naming it.
+        """
+        oauth2 = self.oauth2_template()
+        return {key: fill_placeholders(value, env, where=f"credentials.oauth2.{key}") for key, value in oauth2.items()}
+
+    def oauth2_template(self) -> dict[str, Any]:
+        """credentials.oauth2 as written in component.json (placeholders unfilled), {} when absent."""
         credentials = self.raw.get("credentials")
         oauth2 = credentials.get("oauth2") if isinstance(credentials, dict) else None
-        if not isinstance(oauth2, dict):
-            return {}
-        filled: dict[str, Any] = {}
-        for key, value in oauth2.items():
-            filled[key] = fill_placeholders(value, env, where=f"credentials.oauth2.{key}")
-        return filled
+        return dict(oauth2) if isinstance(oauth2, dict) else {}
 
     def verifier_path(self) -> Path | None:
         path = self.root / "verify_credentials.py"
         return path if path.is_file() else None
 
 
-def fill_placeholders(value: Any, env: Mapping[str, str], *, where: str) -> Any:
+def fill_placeholders(value: Any, env: Mapping[str, Any], *, where: str) -> Any:
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
-            if name not in env:
+            if name not in env or not isinstance(env[name], (str, int, float)):
                 raise ComponentError(f"{where}: environment variable {name} is not set (used as {{{{{name}}}}})")
-            return env[name]
+            return str(env[name])
 
         return PLACEHOLDER.sub(substitute, value)
     if isinstance(value, list):

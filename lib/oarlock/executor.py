@@ -63,7 +63,7 @@ class FunctionRunner:
         self.module: ModuleType = component.load_module(function)
         self.credentials = credentials
         self._env = dict(os.environ if env is None else env)
-        self._oauth2_defaults = component.oauth2_settings(self._env)
+        self._has_oauth2_defaults = bool(component.oauth2_template())
         self._validator = InputValidator(self.spec.metadata_in, function=function)
         self._process = self.module.process
         self._refresh_hook = getattr(self.module, "refresh_credentials", None)
@@ -96,8 +96,9 @@ class FunctionRunner:
     def prepare_cfg(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """A private copy of cfg with the newest known credential and component.json's oauth2 defaults."""
         prepared = self.credentials.newest_cfg(dict(cfg)) if self.credentials else copy.deepcopy(dict(cfg))
-        if self._oauth2_defaults and isinstance(prepared.get("oauth"), dict):
-            prepared["oauth2"] = {**self._oauth2_defaults, **(prepared.get("oauth2") or {})}
+        if self._has_oauth2_defaults and isinstance(prepared.get("oauth"), dict):
+            defaults = self.component.oauth2_settings({**prepared, **self._env})
+            prepared["oauth2"] = {**defaults, **(prepared.get("oauth2") or {})}
         register_credential(prepared)
         return prepared
 
