@@ -16,14 +16,24 @@ TEST_COMPONENTS = Path(__file__).resolve().parent / "components"
 
 
 def run_cli(
-    args: Sequence[str], *, stdin: str = "", cwd: Path | None = None, env: dict[str, str] | None = None,
+    args: Sequence[str],
+    *,
+    stdin: str = "",
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m oarlock ARGS`` as a subprocess, like a user at a shell."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "oarlock", *args], input=stdin, text=True, capture_output=True,
-        cwd=cwd, env=full_env, timeout=timeout, check=False,
+        [sys.executable, "-m", "oarlock", *args],
+        input=stdin,
+        text=True,
+        capture_output=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -43,8 +53,12 @@ def provider_cfg(provider: Any, *, account: str = "acct-1", subject: str = "user
         "_account": account,
         "baseUrl": provider.url,
         "oauth": oauth,
-        "oauth2": {"token_uri": provider.token_url, "client_id": "oarlock-dev",
-                   "client_secret": "oarlock-dev-secret", **oauth2},
+        "oauth2": {
+            "token_uri": provider.token_url,
+            "client_id": "oarlock-dev",
+            "client_secret": "oarlock-dev-secret",
+            **oauth2,
+        },
     }
 
 

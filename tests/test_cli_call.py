@@ -17,8 +17,9 @@ def write(path: Path, value: object) -> str:
 
 def call(tmp_path: Path, function: str, *extra: str, stdin: str = "", cfg: object = None):  # type: ignore[no-untyped-def]
     cfg_path = write(tmp_path / "cfg.json", {} if cfg is None else cfg)
-    return run_cli(["call", function, "--component", BASIC, "--cfg", cfg_path, "--no-keys", *extra],
-                   stdin=stdin, cwd=tmp_path)
+    return run_cli(
+        ["call", function, "--component", BASIC, "--cfg", cfg_path, "--no-keys", *extra], stdin=stdin, cwd=tmp_path
+    )
 
 
 def test_messages_from_stdin_each_produce_one_json_line_per_event(tmp_path: Path) -> None:
@@ -26,7 +27,8 @@ def test_messages_from_stdin_each_produce_one_json_line_per_event(tmp_path: Path
     assert done.returncode == 0, done.stderr
     lines = event_lines(done.stdout)
     assert [(line["event"], line["input"], line["data"]["body"]["echo"]) for line in lines] == [
-        ("data", 0, {"n": 1}), ("data", 1, {"n": 2}),
+        ("data", 0, {"n": 1}),
+        ("data", 1, {"n": 2}),
     ]
 
 
@@ -108,9 +110,14 @@ def test_a_broken_component_json_exits_2_with_the_problem(tmp_path: Path) -> Non
 def test_a_missing_main_module_exits_2_naming_the_file(tmp_path: Path) -> None:
     comp = tmp_path / "comp"
     comp.mkdir()
-    (comp / "component.json").write_text(json.dumps({
-        "title": "t", "actions": {"a": {"title": "A", "main": "lib/actions/missing.py", "metadata": {"in": {}}}},
-    }))
+    (comp / "component.json").write_text(
+        json.dumps(
+            {
+                "title": "t",
+                "actions": {"a": {"title": "A", "main": "lib/actions/missing.py", "metadata": {"in": {}}}},
+            }
+        )
+    )
     cfg = write(tmp_path / "cfg.json", {})
     done = run_cli(["call", "a", "--component", str(comp), "--cfg", cfg, "--no-keys"])
     assert done.returncode == 2

@@ -13,13 +13,18 @@ from tests.support import REPO, event_lines, jsonl, provider_cfg, run_cli
 ME = {"body": {"method": "GET", "path": "/api/me"}}
 
 
-def run_request(tmp_path: Path, cfg: dict[str, Any], messages: list[dict[str, Any]], *extra: str,
-                keys: str | None = None):  # type: ignore[no-untyped-def]
+def run_request(
+    tmp_path: Path, cfg: dict[str, Any], messages: list[dict[str, Any]], *extra: str, keys: str | None = None
+):  # type: ignore[no-untyped-def]
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(cfg))
     keys_args = ["--keys", keys] if keys else ["--keys", str(tmp_path / "keys.sqlite")]
-    return run_cli(["call", "request", "--component", str(REPO), "--cfg", str(cfg_path), *keys_args, *extra],
-                   stdin=jsonl(messages), cwd=tmp_path, timeout=240)
+    return run_cli(
+        ["call", "request", "--component", str(REPO), "--cfg", str(cfg_path), *keys_args, *extra],
+        stdin=jsonl(messages),
+        cwd=tmp_path,
+        timeout=240,
+    )
 
 
 def by_event(lines: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ import pytest
 
 from oarlock.crypto import MessageCipher, dumps
 from oarlock.errors import ConfigurationError, DecodeError
-
 from tests.support import SHARED
 
 VECTORS: list[dict[str, Any]] = json.loads((SHARED / "vectors" / "sailor-crypto.json").read_text())["cases"]

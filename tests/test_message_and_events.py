@@ -33,11 +33,11 @@ def test_a_malformed_message_is_a_decode_error_naming_the_field(data: object, ex
 
 
 def test_the_event_set_is_the_protocols() -> None:
-    assert EVENT_NAMES == {"data", "error", "rebound", "snapshot", "updateSnapshot", "updateKeys", "httpReply", "end"}
+    assert {"data", "error", "rebound", "snapshot", "updateSnapshot", "updateKeys", "httpReply", "end"} == EVENT_NAMES
 
 
 def test_an_unknown_event_is_an_emit_error_listing_the_known_ones() -> None:
-    with pytest.raises(EmitError, match="unknown event 'dataa'.*updateKeys"):
+    with pytest.raises(EmitError, match=r"unknown event 'dataa'.*updateKeys"):
         normalise("dataa", {})
 
 

@@ -11,8 +11,10 @@ from oarlock.logs import JsonFormatter
 
 def test_values_under_secret_keys_are_masked_at_any_depth() -> None:
     data = {"oauth": {"access_token": "a", "refresh_token": "b", "scope": "read"}, "list": [{"client_secret": "c"}]}
-    assert redact(data) == {"oauth": {"access_token": MASK, "refresh_token": MASK, "scope": "read"},
-                            "list": [{"client_secret": MASK}]}
+    assert redact(data) == {
+        "oauth": {"access_token": MASK, "refresh_token": MASK, "scope": "read"},
+        "list": [{"client_secret": MASK}],
+    }
 
 
 def test_a_registered_secret_is_masked_wherever_it_appears_in_text() -> None:
@@ -26,8 +28,10 @@ def test_registering_a_credential_registers_every_token_it_holds() -> None:
 
 
 def test_authorization_headers_form_fields_and_json_fields_are_masked_even_when_unregistered() -> None:
-    text = ('Authorization: Bearer abc.def-ghi refresh_token=r1&client_secret=s2 '
-            '{"access_token": "unseen-token", "password":"pw"} Basic dXNlcjpwYXNz')
+    text = (
+        "Authorization: Bearer abc.def-ghi refresh_token=r1&client_secret=s2 "
+        '{"access_token": "unseen-token", "password":"pw"} Basic dXNlcjpwYXNz'
+    )
     masked = redact_text(text)
     for secret in ("abc.def-ghi", "r1", "s2", "unseen-token", '"pw"', "dXNlcjpwYXNz"):
         assert secret not in masked

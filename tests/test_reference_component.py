@@ -22,10 +22,12 @@ def write_cfg(tmp_path: Path, cfg: dict[str, Any]) -> str:
     return str(path)
 
 
-def call(tmp_path: Path, function: str, cfg: dict[str, Any], messages: list[dict[str, Any]],
-         *extra: str):  # type: ignore[no-untyped-def]
-    return run_cli(["call", function, "--component", str(REPO), "--cfg", write_cfg(tmp_path, cfg), "--no-keys",
-                    *extra], stdin=jsonl(messages), cwd=tmp_path)
+def call(tmp_path: Path, function: str, cfg: dict[str, Any], messages: list[dict[str, Any]], *extra: str):  # type: ignore[no-untyped-def]
+    return run_cli(
+        ["call", function, "--component", str(REPO), "--cfg", write_cfg(tmp_path, cfg), "--no-keys", *extra],
+        stdin=jsonl(messages),
+        cwd=tmp_path,
+    )
 
 
 def closed_port() -> int:
@@ -77,8 +79,10 @@ def test_request_reports_a_refused_connection_in_plain_words(tmp_path: Path, dev
 def test_request_rejects_a_message_without_path_by_its_metadata(tmp_path: Path, dev_provider: DevProvider) -> None:
     done = call(tmp_path, "request", provider_cfg(dev_provider), [{"body": {"method": "GET"}}])
     (error,) = event_lines(done.stdout)
-    assert error["data"]["name"] == "MessageValidationError" and "'path' is a required property" in error["data"][
-        "message"]
+    assert (
+        error["data"]["name"] == "MessageValidationError"
+        and "'path' is a required property" in error["data"]["message"]
+    )
 
 
 def test_poll_emits_new_items_once_and_keeps_the_cursor_in_the_snapshot(

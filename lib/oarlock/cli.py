@@ -70,11 +70,17 @@ def read_cfg(path: str) -> dict[str, Any]:
 
 
 component_option = click.option(
-    "--component", "component_dir", default=".", show_default=True, type=click.Path(file_okay=False),
+    "--component",
+    "component_dir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
     help="Folder holding component.json.",
 )
 log_level_option = click.option(
-    "--log-level", default=lambda: os.environ.get("ELASTICIO_LOG_LEVEL", "info"), show_default="info",
+    "--log-level",
+    default=lambda: os.environ.get("ELASTICIO_LOG_LEVEL", "info"),
+    show_default="info",
     help="Log level for stderr (debug, info, warning, error).",
 )
 
@@ -85,16 +91,30 @@ log_level_option = click.option(
 @click.option("--cfg", "cfg_path", required=True, help="JSON file with the step configuration (cfg).")
 @click.option("--snapshot", "snapshot_path", help="JSON file with the snapshot; written back after the run.")
 @click.option("--msg", "msg_path", help="JSON file with one message; without it, JSON lines are read from stdin.")
-@click.option("--keys", "keys_path", default=str(DEFAULT_KEYS), show_default=True,
-              help="Keys store (SQLite file or postgresql:// URL) where refreshed credentials are kept.")
+@click.option(
+    "--keys",
+    "keys_path",
+    default=str(DEFAULT_KEYS),
+    show_default=True,
+    help="Keys store (SQLite file or postgresql:// URL) where refreshed credentials are kept.",
+)
 @click.option("--no-keys", is_flag=True, help="Do not read or write the keys store.")
-@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 1024),
-              help="How many messages run at once.")
+@click.option(
+    "--concurrency", default=1, show_default=True, type=click.IntRange(1, 1024), help="How many messages run at once."
+)
 @click.option("--reveal", is_flag=True, help="Show tokens in updateKeys events instead of masking them.")
 @log_level_option
 def call(
-    function: str, component_dir: str, cfg_path: str, snapshot_path: str | None, msg_path: str | None,
-    keys_path: str, no_keys: bool, concurrency: int, reveal: bool, log_level: str,
+    function: str,
+    component_dir: str,
+    cfg_path: str,
+    snapshot_path: str | None,
+    msg_path: str | None,
+    keys_path: str,
+    no_keys: bool,
+    concurrency: int,
+    reveal: bool,
+    log_level: str,
 ) -> None:
     """Run FUNCTION locally, without a broker; print one JSON line per emitted event.
 
@@ -105,9 +125,13 @@ def call(
     logs.configure(log_level)
     try:
         local = LocalCall(
-            component_dir, function, read_cfg(cfg_path),
-            snapshot_path=snapshot_path, keys_url=None if no_keys else keys_path,
-            concurrency=concurrency, reveal=reveal,
+            component_dir,
+            function,
+            read_cfg(cfg_path),
+            snapshot_path=snapshot_path,
+            keys_url=None if no_keys else keys_path,
+            concurrency=concurrency,
+            reveal=reveal,
         )
         if msg_path is not None:
             lines = [json.dumps(read_json_file(msg_path, "message file"))]

@@ -39,8 +39,21 @@ def find_component() -> Path:
 
 def call(component: Path, cfg_path: Path, keys: Path, messages: list[dict[str, object]]) -> int:
     stdin = "".join(json.dumps(m) + "\n" for m in messages)
-    command = [sys.executable, "-m", "oarlock", "call", "request", "--component", str(component),
-               "--cfg", str(cfg_path), "--keys", str(keys), "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "oarlock",
+        "call",
+        "request",
+        "--component",
+        str(component),
+        "--cfg",
+        str(cfg_path),
+        "--keys",
+        str(keys),
+        "--log-level",
+        "warning",
+    ]
     say("$ oarlock call request --cfg " + str(cfg_path) + " --keys " + str(keys) + " < messages.jsonl")
     done = subprocess.run(command, input=stdin, text=True, stdout=subprocess.PIPE, check=False)
     for line in done.stdout.splitlines():
@@ -61,8 +74,12 @@ def run_demo(*, ttl: float, workdir: Path) -> int:
             "_account": ACCOUNT,
             "baseUrl": provider.url,
             "oauth": {**token, "expires_at": time.time() + float(token.get("expires_in", ttl))},
-            "oauth2": {"token_uri": provider.token_url, "client_id": "oarlock-dev",
-                       "client_secret": "oarlock-dev-secret", "client_auth": "post"},
+            "oauth2": {
+                "token_uri": provider.token_url,
+                "client_id": "oarlock-dev",
+                "client_secret": "oarlock-dev-secret",
+                "client_auth": "post",
+            },
         }
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         say(f"cfg written to {cfg_path}; 1) two requests with a fresh token")
@@ -77,8 +94,10 @@ def run_demo(*, ttl: float, workdir: Path) -> int:
         stats = provider.stats()
     say("stored credential: oarlock keys show " + ACCOUNT + " --keys " + str(keys))
     subprocess.run([sys.executable, "-m", "oarlock", "keys", "show", ACCOUNT, "--keys", str(keys)], check=False)
-    say(f"provider saw {stats['token_calls']} token calls, {stats['api_calls']} API calls, "
-        f"{stats['unauthorized']} 401s, {stats['invalid_grant']} invalid_grant")
+    say(
+        f"provider saw {stats['token_calls']} token calls, {stats['api_calls']} API calls, "
+        f"{stats['unauthorized']} 401s, {stats['invalid_grant']} invalid_grant"
+    )
     ok = all(code == 0 for code in codes) and stats["unauthorized"] == 0 and stats["invalid_grant"] == 0
     say("demo finished: " + ("the credential kept itself alive" if ok else "something failed, see above"))
     return 0 if ok else 1

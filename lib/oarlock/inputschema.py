@@ -38,8 +38,8 @@ def _move_required(node: Any) -> None:
         required = node.get("required")
         names = list(required) if isinstance(required, list) else []
         for name, sub in properties.items():
-            if isinstance(sub, dict) and isinstance(sub.get("required"), bool):
-                if sub.pop("required") and name not in names:
+            if isinstance(sub, dict) and isinstance(sub.get("required"), bool) and sub.pop("required"):
+                if name not in names:
                     names.append(name)
         if names:
             node["required"] = names
@@ -61,8 +61,11 @@ class InputValidator:
         try:
             cls.check_schema(normalised)
         except SchemaError as exc:
-            log.warning("metadata.in of %s is not a valid JSON Schema (%s): incoming messages are not checked",
-                        function, exc.message)
+            log.warning(
+                "metadata.in of %s is not a valid JSON Schema (%s): incoming messages are not checked",
+                function,
+                exc.message,
+            )
             return
         self._validator = cls(normalised)
 

@@ -45,8 +45,13 @@ class LocalCall:
         self.runner = FunctionRunner(component, function, credentials=self.credentials)
         self.runner.init(cfg)
         self.local = LocalRun(
-            self.runner, cfg, out=out or sys.stdout, snapshot=self._read_snapshot(),
-            keys=self.keys, concurrency=concurrency, reveal=reveal,
+            self.runner,
+            cfg,
+            out=out or sys.stdout,
+            snapshot=self._read_snapshot(),
+            keys=self.keys,
+            concurrency=concurrency,
+            reveal=reveal,
         )
 
     def _start_from_stored(self, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -59,11 +64,17 @@ class LocalCall:
         if stored is None:
             return cfg
         obtained_at = oauth.get("obtained_at")
-        cfg_version = int(float(obtained_at) * 1000) if isinstance(obtained_at, (int, float, str)) and _num(obtained_at) else 0
+        cfg_version = (
+            int(float(obtained_at) * 1000) if isinstance(obtained_at, (int, float, str)) and _num(obtained_at) else 0
+        )
         if stored.version <= cfg_version:
             return cfg
-        log.info("account %s: starting from the stored credential (version %s), newer than the cfg file",
-                 account, stored.version, extra={"account": account, "version": stored.version})
+        log.info(
+            "account %s: starting from the stored credential (version %s), newer than the cfg file",
+            account,
+            stored.version,
+            extra={"account": account, "version": stored.version},
+        )
         return {**cfg, "oauth": dict(stored.oauth)}
 
     def _read_snapshot(self) -> dict[str, Any]:
