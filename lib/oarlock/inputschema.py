@@ -38,9 +38,9 @@ def _move_required(node: Any) -> None:
         required = node.get("required")
         names = list(required) if isinstance(required, list) else []
         for name, sub in properties.items():
-            if isinstance(sub, dict) and isinstance(sub.get("required"), bool) and sub.pop("required"):
-                if name not in names:
-                    names.append(name)
+            flagged = sub.pop("required") if isinstance(sub, dict) and isinstance(sub.get("required"), bool) else False
+            if flagged and name not in names:
+                names.append(name)
         if names:
             node["required"] = names
         elif isinstance(required, bool):
