@@ -1,0 +1,270 @@
+"""The dev provider's HTTP surface: an OAuth2 token endpoint and a small protected REST API."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from oarlock.devprovider.state import AccessToken, ProviderState, Settings, TokenError
+
+MAINTENANCE_PAGE = b"<html><body><h1>503 Service Unavailable</h1><p>try again later</p></body></html>"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    state: ProviderState
+    log_requests: bool
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    # -- plumbing -------------------------------------------------------------------------------
+    @property
+    def state(self) -> ProviderState:
+        return self.server.state
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.log_requests:
+            super().log_message(format, *args)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if self.server.log_requests:
+            path = urlsplit(self.path).path  # never the query: it may carry a code
+            self.log_message('"%s %s" %s', self.command, path, code)
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(
+        self,
+        status: int,
+        payload: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        body = raw if raw is not None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json_body(self) -> Any:
+        raw = self._body()
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    # -- routing --------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+    def _route(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        route = (method, parts.path.rstrip("/") or "/")
+        if route == ("POST", "/token"):
+            return self._token()
+        if route == ("GET", "/authorize"):
+            return self._authorize(query)
+        if route == ("GET", "/__stats"):
+            return self._send(200, self.state.snapshot_stats())
+        if route == ("POST", "/__mint"):
+            data = self._json_body() or {}
+            return self._send(200, self.state.mint(str(data.get("subject", "user-1")), data.get("scope")))
+        if route == ("POST", "/__revoke"):
+            data = self._json_body() or {}
+            return self._send(200, {"revoked": self.state.revoke(data.get("subject"))})
+        if route == ("POST", "/revoke"):
+            form = {k: v[-1] for k, v in parse_qs(self._body().decode("utf-8", "replace")).items()}
+            self.state.revoke_token(form.get("token", ""))
+            return self._send(200, {})
+        if parts.path.startswith("/api/"):
+            return self._api(method, parts.path, query)
+        self._send(404, {"error": "not_found", "path": parts.path})
+
+    # -- OAuth2 ----------------------------------------------------------------------------------
+    def _authorize(self, query: dict[str, str]) -> None:
+        redirect = query.get("redirect_uri")
+        if query.get("client_id") != self.state.settings.client_id or not redirect:
+            return self._send(400, {"error": "invalid_request", "error_description": "client_id or redirect_uri"})
+        code = self.state.new_code(query.get("login_hint", "user-1"), query.get("scope", "read write"))
+        target = {"code": code, **({"state": query["state"]} if "state" in query else {})}
+        separator = "&" if "?" in redirect else "?"
+        self.send_response(302)
+        self.send_header("Location", f"{redirect}{separator}{urlencode(target)}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _client(self, form: dict[str, str]) -> tuple[str | None, str | None]:
+        header = self.headers.get("Authorization", "")
+        if header.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                return None, None
+            client_id, _, secret = decoded.partition(":")
+            return client_id, secret
+        return form.get("client_id"), form.get("client_secret")
+
+    def _token(self) -> None:
+        form = {k: v[-1] for k, v in parse_qs(self._body().decode("utf-8", "replace")).items()}
+        grant = form.get("grant_type", "")
+        state = self.state
+        if state.settings.token_latency_ms:
+            time.sleep(state.settings.token_latency_ms / 1000)
+        refusal = state.enter_token_call(grant)
+        try:
+            if refusal is not None:
+                status, retry_after = refusal
+                if status == 503:
+                    return self._send(503, raw=MAINTENANCE_PAGE, content_type="text/html")
+                return self._send(
+                    429,
+                    {"error": "rate_limited", "error_description": "slow down"},
+                    headers={"Retry-After": str(max(1, round(retry_after)))},
+                )
+            state.check_client(*self._client(form))
+            if grant == "refresh_token":
+                response = state.grant_refresh(form.get("refresh_token"), form.get("scope"))
+            elif grant == "client_credentials":
+                response = state.client_credentials(form.get("scope"))
+            elif grant == "authorization_code":
+                response = state.redeem_code(form.get("code"))
+            else:
+                raise TokenError(400, "unsupported_grant_type", f"grant_type {grant!r} is not supported")
+            self._send(200, response)
+        except TokenError as exc:
+            self._send(exc.status, {"error": exc.error, "error_description": exc.description})
+        finally:
+            state.leave_token_call()
+
+    # -- protected API ---------------------------------------------------------------------------
+    def _api(self, method: str, path: str, query: dict[str, str]) -> None:
+        settings = self.state.settings
+        if settings.latency_ms:
+            time.sleep(settings.latency_ms / 1000)
+        token = self.state.authorize(self.headers.get("Authorization"))
+        if not isinstance(token, AccessToken):
+            challenge = f'Bearer error="invalid_token", error_description="{token}"'
+            self._body()
+            return self._send(
+                401, {"error": "invalid_token", "error_description": token}, headers={"WWW-Authenticate": challenge}
+            )
+        if (method, path) == ("GET", "/api/me"):
+            return self._send(200, {"subject": token.subject, "client_id": settings.client_id, "scope": token.scope})
+        if (method, path) == ("GET", "/api/items"):
+            try:
+                since = int(query.get("since", 0))
+            except ValueError:
+                return self._send(400, {"error": "since must be an integer"})
+            return self._send(200, {"items": self.state.list_items(since)})
+        if (method, path) == ("POST", "/api/items"):
+            data = self._json_body()
+            if not isinstance(data, dict):
+                return self._send(400, {"error": "the body must be a JSON object"})
+            return self._send(201, self.state.add_item(data))
+        self._body()
+        self._send(404, {"error": "not_found", "path": path})
+
+
+class DevProvider:
+    """A real local OAuth2 authorization server plus a protected API, on 127.0.0.1."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, log_requests: bool = False, **options: Any) -> None:
+        extra = options.pop("extra_fields", None) or {}
+        self.settings = Settings(**options, extra_fields=dict(extra))
+        self.state = ProviderState(self.settings)
+        self._host, self._port, self._log_requests = host, port, log_requests
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> DevProvider:
+        server = _Server((self._host, self._port), _Handler)
+        server.state = self.state
+        server.log_requests = self._log_requests
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="oarlock-dev-provider", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def serve_forever(self) -> None:
+        """Block until stop() is called from another thread (or a signal handler)."""
+        if self._thread is not None:
+            while self._server is not None and self._thread.is_alive():
+                self._thread.join(0.2)
+
+    def __enter__(self) -> DevProvider:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the dev provider is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/token"
+
+    # -- test controls ---------------------------------------------------------------------------
+    def mint(self, subject: str = "user-1", scope: str | None = None) -> dict[str, Any]:
+        return self.state.mint(subject, scope)
+
+    def stats(self) -> dict[str, Any]:
+        return self.state.snapshot_stats()
+
+    def reset_stats(self) -> None:
+        with self.state.lock:
+            self.state.reset_stats()
+
+    def revoke(self, subject: str | None = None) -> int:
+        return self.state.revoke(subject)
+
+    def configure(self, **changes: Any) -> None:
+        with self.state.lock:
+            for name, value in changes.items():
+                if not hasattr(self.settings, name):
+                    raise TypeError(f"unknown dev provider option {name!r}")
+                setattr(self.settings, name, value)

@@ -1,0 +1,236 @@
+"""The dev provider's state: clients, tokens, items and counters (no HTTP here)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Rotation = Literal["none", "rotate", "single-use"]
+
+
+@dataclass
+class Settings:
+    ttl: float = 3600
+    rotation: Rotation = "none"
+    expires_in: bool = True
+    expires_in_as_string: bool = False
+    omit_refresh_token: bool = False
+    fail_first: int = 0
+    throttle_first: int = 0
+    rate_limit: float = 0
+    retry_after: float = 1
+    latency_ms: float = 0
+    token_latency_ms: float = 0
+    client_id: str = "oarlock-dev"
+    client_secret: str = "oarlock-dev-secret"
+    extra_fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AccessToken:
+    subject: str
+    scope: str
+    expires_at: float
+
+
+@dataclass
+class RefreshToken:
+    subject: str
+    scope: str
+    alive: bool = True
+    used: bool = False
+
+
+class TokenError(Exception):
+    """An OAuth2 error answer: (HTTP status, error code, description)."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+
+
+class ProviderState:
+    """Everything the provider knows, behind one lock."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.access: dict[str, AccessToken] = {}
+        self.refresh: dict[str, RefreshToken] = {}
+        self.codes: dict[str, tuple[str, str]] = {}
+        self.items: list[dict[str, Any]] = [
+            {"id": i, "name": f"item {i}", "created": 1_700_000_000 + i} for i in range(1, 6)
+        ]
+        self.window_start = 0.0
+        self.window_count = 0
+        self.concurrent_token_calls = 0
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.stats: dict[str, Any] = {
+            "token_calls": 0,
+            "token_calls_by_grant": {},
+            "refresh_calls": 0,
+            "api_calls": 0,
+            "unauthorized": 0,
+            "invalid_grant": 0,
+            "invalid_client": 0,
+            "throttled": 0,
+            "failed": 0,
+            "max_concurrent_token_calls": 0,
+        }
+
+    def snapshot_stats(self) -> dict[str, Any]:
+        with self.lock:
+            out = dict(self.stats)
+            out["token_calls_by_grant"] = dict(self.stats["token_calls_by_grant"])
+            out["active_refresh_tokens"] = sum(1 for t in self.refresh.values() if t.alive)
+            return out
+
+    # -- token endpoint ------------------------------------------------------------------------
+    def enter_token_call(self, grant: str) -> tuple[int, float] | None:
+        """Count a token call; returns (status, retry_after) when it must fail as 503/429, else None."""
+        with self.lock:
+            s = self.stats
+            s["token_calls"] += 1
+            s["token_calls_by_grant"][grant] = s["token_calls_by_grant"].get(grant, 0) + 1
+            if grant == "refresh_token":
+                s["refresh_calls"] += 1
+            self.concurrent_token_calls += 1
+            s["max_concurrent_token_calls"] = max(s["max_concurrent_token_calls"], self.concurrent_token_calls)
+            settings = self.settings
+            if settings.fail_first > 0:
+                settings.fail_first -= 1
+                s["failed"] += 1
+                return 503, 0
+            if settings.throttle_first > 0:
+                settings.throttle_first -= 1
+                s["throttled"] += 1
+                return 429, settings.retry_after
+            if settings.rate_limit > 0:
+                now = time.monotonic()
+                if now - self.window_start >= 1:
+                    self.window_start, self.window_count = now, 0
+                self.window_count += 1
+                if self.window_count > settings.rate_limit:
+                    s["throttled"] += 1
+                    return 429, max(1.0, 1 - (now - self.window_start))
+            return None
+
+    def leave_token_call(self) -> None:
+        with self.lock:
+            self.concurrent_token_calls -= 1
+
+    def check_client(self, client_id: str | None, client_secret: str | None) -> None:
+        if client_id != self.settings.client_id or client_secret != self.settings.client_secret:
+            with self.lock:
+                self.stats["invalid_client"] += 1
+            raise TokenError(401, "invalid_client", "client authentication failed")
+
+    def issue(self, subject: str, scope: str, *, refresh: str | None, new_refresh: bool) -> dict[str, Any]:
+        """Create an access token (and a refresh token if asked); lock must be held."""
+        settings = self.settings
+        access = "at-" + secrets.token_urlsafe(24)
+        now = time.time()
+        self.access[access] = AccessToken(subject, scope, now + settings.ttl)
+        response: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "scope": scope}
+        if new_refresh:
+            refresh = "rt-" + secrets.token_urlsafe(24)
+            self.refresh[refresh] = RefreshToken(subject, scope)
+        if refresh is not None:
+            response["refresh_token"] = refresh
+        if settings.expires_in:
+            ttl = int(settings.ttl) if float(settings.ttl).is_integer() else settings.ttl
+            response["expires_in"] = str(ttl) if settings.expires_in_as_string else ttl
+        else:
+            response["instance_url"] = "https://dev-instance.example"
+            response["id"] = f"https://login.example/id/{subject}"
+            response["issued_at"] = str(int(now * 1000))
+            response["signature"] = secrets.token_urlsafe(16)
+        response.update(settings.extra_fields)
+        return response
+
+    def grant_refresh(self, token: str | None, scope: str | None) -> dict[str, Any]:
+        with self.lock:
+            record = self.refresh.get(token or "")
+            if record is None or not record.alive:
+                self.stats["invalid_grant"] += 1
+                why = "unknown refresh token" if record is None else "refresh token revoked or already used"
+                raise TokenError(400, "invalid_grant", why)
+            scope = scope or record.scope
+            if self.settings.omit_refresh_token:  # Google-like: no refresh_token in the answer, the old one lives on
+                return self.issue(record.subject, scope, refresh=None, new_refresh=False)
+            if self.settings.rotation == "none":
+                return self.issue(record.subject, scope, refresh=token, new_refresh=False)
+            if self.settings.rotation == "single-use":
+                record.alive, record.used = False, True
+            return self.issue(record.subject, scope, refresh=None, new_refresh=True)
+
+    def mint(self, subject: str, scope: str | None = None) -> dict[str, Any]:
+        with self.lock:
+            return self.issue(subject, scope or "read write", refresh=None, new_refresh=True)
+
+    def client_credentials(self, scope: str | None) -> dict[str, Any]:
+        with self.lock:
+            return self.issue(self.settings.client_id, scope or "read", refresh=None, new_refresh=False)
+
+    def new_code(self, subject: str, scope: str) -> str:
+        code = "code-" + secrets.token_urlsafe(16)
+        with self.lock:
+            self.codes[code] = (subject, scope)
+        return code
+
+    def redeem_code(self, code: str | None) -> dict[str, Any]:
+        with self.lock:
+            entry = self.codes.pop(code or "", None)
+            if entry is None:
+                self.stats["invalid_grant"] += 1
+                raise TokenError(400, "invalid_grant", "unknown or used authorization code")
+            return self.issue(entry[0], entry[1], refresh=None, new_refresh=True)
+
+    def revoke(self, subject: str | None = None) -> int:
+        with self.lock:
+            count = 0
+            for record in self.refresh.values():
+                if record.alive and (subject is None or record.subject == subject):
+                    record.alive = False
+                    count += 1
+            return count
+
+    def revoke_token(self, token: str) -> None:
+        with self.lock:
+            if token in self.refresh:
+                self.refresh[token].alive = False
+            self.access.pop(token, None)
+
+    # -- protected API -------------------------------------------------------------------------
+    def authorize(self, header: str | None) -> AccessToken | str:
+        """The token behind an Authorization header, or the reason it is refused."""
+        with self.lock:
+            self.stats["api_calls"] += 1
+            if not header or not header.lower().startswith("bearer "):
+                self.stats["unauthorized"] += 1
+                return "missing bearer token"
+            record = self.access.get(header[7:].strip())
+            if record is None:
+                self.stats["unauthorized"] += 1
+                return "unknown access token"
+            if record.expires_at <= time.time():
+                self.stats["unauthorized"] += 1
+                return "access token expired"
+            return record
+
+    def list_items(self, since: int) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(item) for item in self.items if item["id"] > since]
+
+    def add_item(self, data: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            item = {**data, "id": self.items[-1]["id"] + 1 if self.items else 1, "created": int(time.time())}
+            self.items.append(item)
+            return dict(item)
