@@ -1,0 +1,107 @@
+"""PostgreSQL keys store: one store for a fleet of workers (advisory locks per account)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from oarlock.errors import KeyStoreError
+from oarlock.keys.store import StoredCredential, safe_url
+
+DEFAULT_TABLE = "oarlock_credentials"
+
+
+class PostgresKeyStore:
+    def __init__(self, url: str, *, table: str = DEFAULT_TABLE) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise KeyStoreError("the PostgreSQL keys store needs psycopg: pip install 'oarlock[postgres]'") from None
+        if not table.replace("_", "").isalnum():
+            raise KeyStoreError(f"invalid table name {table!r}")
+        self._psycopg = psycopg
+        self.url = url
+        self.table = table
+        self._local = threading.local()
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (account TEXT PRIMARY KEY, version BIGINT NOT NULL, "
+            "oauth JSONB NOT NULL, response JSONB, updated_at DOUBLE PRECISION NOT NULL)"
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresKeyStore({safe_url(self.url)!r})"
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            try:
+                conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            except self._psycopg.Error as exc:
+                raise KeyStoreError(
+                    f"keys store {safe_url(self.url)} cannot be reached: {type(exc).__name__}"
+                ) from None
+            self._local.conn = conn
+        return conn
+
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        try:
+            return self._connection().execute(sql, args)
+        except self._psycopg.Error as exc:
+            raise KeyStoreError(
+                f"keys store {safe_url(self.url)}: {type(exc).__name__}: {exc.diag.message_primary}"
+            ) from None
+
+    def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
+        cursor = self._execute(
+            f"INSERT INTO {self.table} AS c (account, version, oauth, response, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (account) DO UPDATE SET version = excluded.version, "
+            "oauth = excluded.oauth, response = excluded.response, updated_at = excluded.updated_at "
+            "WHERE excluded.version > c.version",
+            (account, int(version), json.dumps(oauth), json.dumps(response) if response else None, time.time()),
+        )
+        return bool(cursor.rowcount)
+
+    def get(self, account: str) -> StoredCredential | None:
+        rows = self._select("WHERE account = %s", (account,))
+        return rows[0] if rows else None
+
+    def list(self) -> list[StoredCredential]:
+        return self._select("ORDER BY account", ())
+
+    def _select(self, clause: str, args: tuple[Any, ...]) -> list[StoredCredential]:
+        rows = self._execute(
+            f"SELECT account, version, oauth, response, updated_at FROM {self.table} {clause}", args
+        ).fetchall()
+        return [
+            StoredCredential(account=r[0], version=int(r[1]), oauth=r[2], response=r[3], updated_at=float(r[4]))
+            for r in rows
+        ]
+
+    @contextlib.contextmanager
+    def lock(self, account: str, timeout: float = 30.0) -> Iterator[None]:
+        """pg_try_advisory_lock on a hash of the account, on a connection of this thread."""
+        key = int.from_bytes(hashlib.sha256(account.encode()).digest()[:8], "big", signed=True)
+        deadline = time.monotonic() + timeout
+        while not self._execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+            if time.monotonic() >= deadline:
+                raise KeyStoreError(f"keys store: lock for account {account} not acquired within {timeout:g} s")
+            time.sleep(0.01)
+        try:
+            yield
+        finally:
+            self._execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def drop(self) -> None:
+        """Remove the table (tests)."""
+        self._execute(f"DROP TABLE IF EXISTS {self.table}")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
