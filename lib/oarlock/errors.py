@@ -84,6 +84,8 @@ class TokenEndpointError(CredentialError):
         super().__init__(message, account=account)
         self.status = status
         self.retryable = retryable
+        #: seconds the endpoint asked to wait (Retry-After), when it said so
+        self.retry_after: float | None = None
 
 
 class CredentialNeedsReauthorization(CredentialError):
