@@ -62,7 +62,7 @@ def process(msg: Any, cfg: dict[str, Any], snapshot: dict[str, Any], ctx: Any) -
     if not 200 <= response.status_code < 300:
         excerpt = response.text[:EXCERPT]
         raise HTTPStatusError(f"{response.status_code} from {method} {url}: {excerpt}")
-    return {"status": response.status_code, "headers": dict(response.headers), "body": decode_body(response)}
+    return {"body": {"status": response.status_code, "headers": dict(response.headers), "body": decode_body(response)}}
 
 
 def _reason(exc: Exception) -> str:

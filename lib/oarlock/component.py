@@ -101,7 +101,7 @@ def schema_problems(data: Any) -> list[Problem]:
     """The structural (schema) problems of a parsed component.json, each as a plain sentence."""
     validator = jsonschema.Draft7Validator(component_schema())
     problems = []
-    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+    for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         problems.append(Problem(json_path(error.absolute_path) or "component.json", _sentence(error)))
     return problems
 
@@ -112,9 +112,11 @@ def _sentence(error: jsonschema.ValidationError) -> str:
     if error.validator == "type":
         return f"must be of type {error.validator_value}, got {_json_type(error.instance)}"
     if error.validator == "enum":
-        return f"must be one of {', '.join(map(str, error.validator_value))}, got {error.instance!r}"
+        options = error.validator_value if isinstance(error.validator_value, list) else []
+        return f"must be one of {', '.join(str(o) for o in options)}, got {error.instance!r}"
     if error.validator in ("anyOf", "oneOf"):
-        return f"has the wrong form ({_json_type(error.instance)}): {error.schema.get('description', error.message)}"
+        described = error.schema.get("description") if isinstance(error.schema, dict) else None
+        return f"has the wrong form ({_json_type(error.instance)}): {described or error.message}"
     return error.message
 
 
@@ -125,7 +127,8 @@ def _json_type(value: Any) -> str:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def main_problem(root: Path, main: str) -> str | None:
@@ -154,11 +157,12 @@ class Component:
         self.raw = raw
         self.title = str(raw.get("title", root.name))
         self.functions: dict[str, FunctionSpec] = {}
-        for kind in ("action", "trigger"):
+        kinds: tuple[Literal["action"], Literal["trigger"]] = ("action", "trigger")
+        for kind in kinds:
             for name, spec in (raw.get(f"{kind}s") or {}).items():
                 self.functions[name] = FunctionSpec(
                     name=name,
-                    kind=kind,  # type: ignore[arg-type]
+                    kind=kind,
                     main=str(spec.get("main", "")),
                     title=str(spec.get("title", name)),
                     metadata_in=self._metadata(spec, "in", f"{kind}s.{name}"),

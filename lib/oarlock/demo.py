@@ -20,7 +20,7 @@ import click
 from oarlock.devprovider import DevProvider
 
 ACCOUNT = "demo-account"
-MESSAGES = [
+MESSAGES: list[dict[str, object]] = [
     {"body": {"method": "GET", "path": "/api/me"}},
     {"body": {"method": "POST", "path": "/api/items", "json": {"name": "written by oarlock demo"}}},
 ]

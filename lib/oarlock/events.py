@@ -4,8 +4,9 @@ The event set is PROTOCOL.md §5. Payloads are normalised here so that every
 transport (local JSONL, RabbitMQ) sees the same shapes:
 
 - ``data`` / ``rebound``: a :class:`~oarlock.message.Message`. A function may
-  emit a Message, a dict with a ``body`` key (``{"body": …, "headers": …}``),
-  or any other JSON value, which becomes the body of a new message.
+  emit a Message, a message-shaped dict (a ``body`` key and only message fields:
+  ``{"body": …, "headers": …, "id": …}``), or any other JSON value, which
+  becomes the body of a new message.
 - ``error``: a dict ``{"name", "message", "stack"}``; an exception or a string
   is converted.
 - ``snapshot`` / ``updateSnapshot``: a JSON object.
@@ -84,10 +85,13 @@ def normalise(name: str, payload: Any) -> Event:
     return Event(event_name, None)
 
 
+MESSAGE_FIELDS = frozenset({"id", "body", "headers", "attachments", "passthrough", "metadata"})
+
+
 def _as_message(payload: Any) -> Message:
     if isinstance(payload, Message):
         return payload
-    if isinstance(payload, dict) and "body" in payload:
+    if isinstance(payload, dict) and "body" in payload and payload.keys() <= MESSAGE_FIELDS:
         return Message.from_dict(payload)
     return Message(body=payload if payload is not None else {})
 

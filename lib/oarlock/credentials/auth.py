@@ -7,6 +7,7 @@ through a response hook, the way requests' own digest auth resends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Generator
 from typing import Any
@@ -80,7 +81,7 @@ class OAuth2Auth(AuthBase):
         def on_response(response: requests.Response, **kwargs: Any) -> requests.Response:
             return self._continue(flow, response, kwargs)
 
-        prepared.register_hook("response", on_response)
+        prepared.register_hook("response", on_response)  # type: ignore[no-untyped-call]
         return prepared
 
     def _continue(self, flow: Flow, response: requests.Response, send_kwargs: dict[str, Any]) -> requests.Response:
@@ -93,14 +94,12 @@ class OAuth2Auth(AuthBase):
         response.close()
         retry.hooks["response"] = []
         if response.raw is not None and response.request is not None:
-            extract_cookies_to_jar(retry._cookies, response.request, response.raw)  # type: ignore[attr-defined]
+            extract_cookies_to_jar(retry._cookies, response.request, response.raw)  # type: ignore[attr-defined,no-untyped-call]
             retry.prepare_cookies(retry._cookies)  # type: ignore[attr-defined]
         connection = response.connection
         second: requests.Response = connection.send(retry, **send_kwargs)
         second.history.append(response)
         second.request = retry
-        try:
+        with contextlib.suppress(StopIteration):
             flow.send(second)
-        except StopIteration:
-            pass
         return second

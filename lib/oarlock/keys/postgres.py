@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -70,10 +71,10 @@ class PostgresKeyStore:
         rows = self._select("WHERE account = %s", (account,))
         return rows[0] if rows else None
 
-    def list(self) -> list[StoredCredential]:
+    def list(self) -> builtins.list[StoredCredential]:
         return self._select("ORDER BY account", ())
 
-    def _select(self, clause: str, args: tuple[Any, ...]) -> list[StoredCredential]:
+    def _select(self, clause: str, args: tuple[Any, ...]) -> builtins.list[StoredCredential]:
         rows = self._execute(
             f"SELECT account, version, oauth, response, updated_at FROM {self.table} {clause}", args
         ).fetchall()

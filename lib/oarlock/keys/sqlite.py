@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import hashlib
@@ -88,10 +89,10 @@ class SqliteKeyStore:
         rows = self._select("WHERE account = ?", (account,))
         return rows[0] if rows else None
 
-    def list(self) -> list[StoredCredential]:
+    def list(self) -> builtins.list[StoredCredential]:
         return self._select("ORDER BY account", ())
 
-    def _select(self, clause: str, args: tuple[Any, ...]) -> list[StoredCredential]:
+    def _select(self, clause: str, args: tuple[Any, ...]) -> builtins.list[StoredCredential]:
         try:
             rows = (
                 self._connection()

@@ -9,6 +9,7 @@ single-use refresh tokens are never burnt twice across processes.
 
 from __future__ import annotations
 
+import builtins
 import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class KeyStore(Protocol):
 
     def get(self, account: str) -> StoredCredential | None: ...
 
-    def list(self) -> list[StoredCredential]: ...
+    def list(self) -> builtins.list[StoredCredential]: ...
 
     def lock(self, account: str, timeout: float = 30.0) -> AbstractContextManager[None]:
         """Mutual exclusion per account across processes; KeyStoreError on timeout."""
