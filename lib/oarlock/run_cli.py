@@ -1,0 +1,77 @@
+"""``oarlock run``: the sailor-compatible RabbitMQ worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType
+
+import click
+
+from oarlock import logs
+from oarlock.errors import ConfigurationError, TransportError
+
+
+@click.command("run")
+@click.option(
+    "--component",
+    "component_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder holding component.json (default: ELASTICIO_COMPONENT_PATH or the current folder).",
+)
+@click.option("--cfg", "cfg_file", default=None, help="Step config from a JSON file instead of the platform API.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Messages processed at once (default: ELASTICIO_CONCURRENCY, else the prefetch).",
+)
+@click.option("--burst", is_flag=True, help="Exit 0 once the queue is empty and nothing is in flight.")
+@click.option("--grace", type=float, default=None, help="Seconds to finish in-flight work on SIGTERM (default 30).")
+def run_command(
+    component_dir: str | None, cfg_file: str | None, concurrency: int | None, burst: bool, grace: float | None
+) -> None:
+    """Consume ELASTICIO_LISTEN_MESSAGES_ON and publish what the function emits (PROTOCOL.md)."""
+    from oarlock.component import Component
+    from oarlock.credentials.manager import CredentialManager
+    from oarlock.credentials.redact import register_secret
+    from oarlock.executor import FunctionRunner
+    from oarlock.settings import Settings
+    from oarlock.stepconfig import load_step_config
+    from oarlock.worker import Worker
+
+    env = dict(os.environ)
+    logs.configure(env.get("ELASTICIO_LOG_LEVEL", "info"))
+    try:
+        settings = Settings.from_env(env, api_optional=bool(cfg_file or "ELASTICIO_CFG" in env))
+        for secret in (settings.message_crypto_password, settings.api_key):
+            register_secret(secret)
+        step = load_step_config(settings, env, cfg_file)
+        coordinator = None
+        if settings.keys_store:
+            from oarlock.keys.store import open_store
+
+            coordinator = open_store(settings.keys_store)
+        component = Component.load(component_dir or settings.component_path or ".")
+        runner = FunctionRunner(component, settings.function, credentials=CredentialManager(coordinator=coordinator))
+        worker = Worker(settings, runner, step, concurrency=concurrency, burst=burst, grace_seconds=grace)
+    except ConfigurationError as exc:
+        click.echo(f"oarlock: {exc}", err=True)
+        sys.exit(2)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        code = worker.run()
+    except TransportError as exc:
+        click.echo(f"oarlock: {exc}", err=True)
+        sys.exit(3)
+    except ConfigurationError as exc:
+        click.echo(f"oarlock: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)

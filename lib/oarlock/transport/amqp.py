@@ -1,0 +1,365 @@
+"""RabbitMQ with pika: consume, publish with pipelined publisher confirms, reconnect.
+
+One I/O thread runs a pika ``SelectConnection`` ioloop holding two connections (consuming and
+publishing, as sailor separates them). Everything that touches pika happens on that thread:
+other threads call :meth:`AmqpTransport.publish`, :meth:`ack` and :meth:`reject`, which hand
+the work over with ``add_callback_threadsafe`` (pika's threading rule). A publish returns a
+``Future`` that resolves when the broker confirms it: confirms are pipelined, never one
+blocking round trip per message. A mandatory publish that comes back unroutable
+(basic.return) or is nacked fails its future with PublishError. When a connection drops,
+every pending future fails, acks for deliveries of the dead connection are dropped (the
+broker redelivers them), and the transport reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.channel
+import pika.exceptions
+import pika.frame
+import pika.spec
+from pika.adapters.select_connection import IOLoop
+
+from oarlock.errors import PublishError, TransportError
+
+log = logging.getLogger("oarlock.amqp")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    generation: int
+    delivery_tag: int
+    properties: pika.spec.BasicProperties
+    body: bytes
+    redelivered: bool
+    routing_key: str
+    exchange: str
+
+
+@dataclass
+class _Pending:
+    future: Future[None]
+    exchange: str
+    routing_key: str
+    body: bytes
+    returned: bool = False
+
+
+DeliveryHandler = Callable[[Delivery], None]
+
+
+class AmqpTransport:
+    def __init__(self, amqp_uri: str, *, reconnect_max_seconds: float = 30.0) -> None:
+        self._params = pika.URLParameters(amqp_uri)
+        self._params.heartbeat = self._params.heartbeat or 30
+        self._ioloop = IOLoop()
+        self._thread: threading.Thread | None = None
+        self._reconnect_max = reconnect_max_seconds
+        self._consume_conn: pika.SelectConnection | None = None
+        self._publish_conn: pika.SelectConnection | None = None
+        self._consume_channel: pika.channel.Channel | None = None
+        self._publish_channel: pika.channel.Channel | None = None
+        self._consumer_tag: str | None = None
+        self._queue: str | None = None
+        self._prefetch = 1
+        self._handler: DeliveryHandler | None = None
+        self._consuming_wanted = False
+        self._pending: dict[int, _Pending] = {}
+        self._next_tag = 0
+        self._waiting: list[tuple[Callable[[], None], Future[None]]] = []
+        self.generation = 0
+        self._ready = threading.Event()
+        self._closing = False
+        self._attempt = 0
+        self._reconnect_scheduled = -1
+        self.connected_once = threading.Event()
+        self.last_error: str | None = None
+
+    # -- lifecycle (any thread) --------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="oarlock-amqp", daemon=True)
+        self._thread.start()
+        if not self.connected_once.wait(timeout):
+            self.close()
+            raise TransportError(f"cannot connect to the broker within {timeout:g} s: {self.last_error or 'no answer'}")
+
+    def _run(self) -> None:
+        self._ioloop.add_callback_threadsafe(self._connect)
+        self._ioloop.start()
+
+    def close(self) -> None:
+        self._closing = True
+
+        def shut() -> None:
+            for conn in (self._consume_conn, self._publish_conn):
+                if conn is not None and conn.is_open:
+                    conn.close()
+            self._ioloop.call_later(0.2, self._ioloop.stop)
+
+        try:
+            self._ioloop.add_callback_threadsafe(shut)
+        except Exception:  # the loop is already gone
+            return
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run fn on the I/O thread."""
+        self._ioloop.add_callback_threadsafe(fn)
+
+    # -- connections (I/O thread) ------------------------------------------------------------------
+    def _connect(self) -> None:
+        if self._closing:
+            return
+        self._ready.clear()
+        self.generation += 1
+        self._consume_conn = pika.SelectConnection(
+            self._params,
+            on_open_callback=self._on_consume_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed,
+            custom_ioloop=self._ioloop,
+        )
+        self._publish_conn = pika.SelectConnection(
+            self._params,
+            on_open_callback=self._on_publish_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed,
+            custom_ioloop=self._ioloop,
+        )
+
+    def _on_open_error(self, conn: pika.SelectConnection, error: BaseException | str) -> None:
+        self.last_error = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+        self._schedule_reconnect()
+
+    def _on_closed(self, conn: pika.SelectConnection, reason: BaseException) -> None:
+        if self._closing:
+            return
+        log.warning("broker connection closed (%s): reconnecting", reason)
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        if self._closing or self._reconnect_scheduled == self.generation:
+            return
+        generation = self._reconnect_scheduled = self.generation
+        self._ready.clear()
+        # fail everything bound to the dead connections, once
+        pending, self._pending = self._pending, {}
+        for record in pending.values():
+            if not record.future.done():
+                record.future.set_exception(TransportError("the broker connection was lost before the confirm"))
+        self._consume_channel = self._publish_channel = None
+        for conn in (self._consume_conn, self._publish_conn):
+            if conn is not None and conn.is_open:
+                conn.close()
+        self._attempt += 1
+        delay = min(self._reconnect_max, 0.2 * 2 ** min(self._attempt, 10))
+        self._ioloop.call_later(delay, lambda: self._reconnect_if(generation))
+
+    def _reconnect_if(self, generation: int) -> None:
+        if generation == self.generation and not self._closing:
+            self._connect()
+
+    def _on_consume_open(self, conn: pika.SelectConnection) -> None:
+        conn.channel(on_open_callback=self._on_consume_channel)
+
+    def _on_publish_open(self, conn: pika.SelectConnection) -> None:
+        conn.channel(on_open_callback=self._on_publish_channel)
+
+    def _on_consume_channel(self, channel: pika.channel.Channel) -> None:
+        self._consume_channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        self._check_ready()
+
+    def _on_publish_channel(self, channel: pika.channel.Channel) -> None:
+        self._publish_channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        self._next_tag = 0
+        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._check_ready())
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
+        if self._closing:
+            return
+        log.warning("broker channel closed (%s): reconnecting", reason)
+        self._schedule_reconnect()
+
+    def _check_ready(self) -> None:
+        if self._consume_channel is None or self._publish_channel is None:
+            return
+        if self._publish_channel.is_open and self._consume_channel.is_open:
+            self._attempt = 0
+            self._ready.set()
+            self.connected_once.set()
+            waiting, self._waiting = self._waiting, []
+            for fn, future in waiting:
+                self._run_waiting(fn, future)
+            if self._consuming_wanted:
+                self._start_consuming()
+
+    # -- consuming ---------------------------------------------------------------------------------
+    def consume(self, queue: str, prefetch: int, handler: DeliveryHandler) -> None:
+        """Start consuming (any thread); resumes by itself after every reconnect."""
+
+        def begin() -> None:
+            self._queue, self._prefetch, self._handler = queue, prefetch, handler
+            self._consuming_wanted = True
+            if self._ready.is_set():
+                self._start_consuming()
+
+        self.call(begin)
+
+    def _start_consuming(self) -> None:
+        channel = self._consume_channel
+        if channel is None or self._queue is None:
+            return
+        channel.basic_qos(prefetch_count=self._prefetch)
+        generation = self.generation
+        self._consumer_tag = channel.basic_consume(
+            self._queue, lambda ch, method, props, body: self._on_message(generation, method, props, body)
+        )
+
+    def _on_message(
+        self, generation: int, method: pika.spec.Basic.Deliver, properties: pika.spec.BasicProperties, body: bytes
+    ) -> None:
+        if self._handler is None:
+            return
+        self._handler(
+            Delivery(
+                generation,
+                method.delivery_tag,
+                properties,
+                body,
+                bool(method.redelivered),
+                method.routing_key or "",
+                method.exchange or "",
+            )
+        )
+
+    def stop_consuming(self) -> Future[None]:
+        done: Future[None] = Future()
+
+        def stop() -> None:
+            self._consuming_wanted = False
+            channel, tag = self._consume_channel, self._consumer_tag
+            if channel is not None and channel.is_open and tag:
+                channel.basic_cancel(tag, callback=lambda _f: done.set_result(None))
+            else:
+                done.set_result(None)
+
+        self.call(stop)
+        return done
+
+    def message_count(self, queue: str) -> Future[int]:
+        """How many ready messages the queue holds (passive declare)."""
+        result: Future[int] = Future()
+
+        def ask() -> None:
+            channel = self._consume_channel
+            if channel is None or not channel.is_open:
+                result.set_exception(TransportError("no open channel"))
+                return
+            channel.queue_declare(
+                queue, passive=True, callback=lambda frame: result.set_result(int(frame.method.message_count))
+            )
+
+        self.call(ask)
+        return result
+
+    def ack(self, delivery: Delivery) -> None:
+        self.call(lambda: self._settle(delivery, ack=True, requeue=False))
+
+    def reject(self, delivery: Delivery, *, requeue: bool) -> None:
+        self.call(lambda: self._settle(delivery, ack=False, requeue=requeue))
+
+    def _settle(self, delivery: Delivery, *, ack: bool, requeue: bool) -> None:
+        channel = self._consume_channel
+        if delivery.generation != self.generation or channel is None or not channel.is_open:
+            log.info("not settling delivery %s of a lost connection: the broker redelivers it", delivery.delivery_tag)
+            return
+        if ack:
+            channel.basic_ack(delivery.delivery_tag)
+        else:
+            channel.basic_reject(delivery.delivery_tag, requeue=requeue)
+
+    # -- publishing --------------------------------------------------------------------------------
+    def publish(
+        self, exchange: str, routing_key: str, body: bytes, properties: pika.spec.BasicProperties
+    ) -> Future[None]:
+        """Publish with mandatory=True; the future resolves on the broker's confirm (any thread)."""
+        future: Future[None] = Future()
+
+        def send() -> None:
+            channel = self._publish_channel
+            if channel is None or not channel.is_open or not self._ready.is_set():
+                self._waiting.append((send, future))
+                return
+            self._next_tag += 1
+            self._pending[self._next_tag] = _Pending(future, exchange, routing_key, body)
+            try:
+                channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+            except pika.exceptions.AMQPError as exc:
+                self._pending.pop(self._next_tag, None)
+                future.set_exception(TransportError(f"publish to {exchange}/{routing_key} failed: {exc!r}"))
+
+        self.call(send)
+        return future
+
+    def _run_waiting(self, fn: Callable[[], None], future: Future[None]) -> None:
+        if not future.done():
+            fn()
+
+    def _on_return(
+        self,
+        channel: pika.channel.Channel,
+        method: pika.spec.Basic.Return,
+        properties: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        for record in self._pending.values():
+            if not record.returned and record.routing_key == method.routing_key and record.body == body:
+                record.returned = True
+                record.future.set_exception(
+                    PublishError(
+                        f"the broker returned a message published to exchange {method.exchange!r} with routing key "
+                        f"{method.routing_key!r} as unroutable ({method.reply_text})"
+                    )
+                )
+                return
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        for tag in tags:
+            record = self._pending.pop(tag, None)
+            if record is None or record.future.done():
+                continue
+            if acked:
+                record.future.set_result(None)
+            else:
+                record.future.set_exception(
+                    PublishError(f"the broker refused (nack) a message for routing key {record.routing_key!r}")
+                )
+
+
+def properties(headers: dict[str, Any], *, persistent: bool, expiration: str | None = None) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type="application/json",
+        content_encoding="utf8",
+        headers=headers,
+        delivery_mode=2 if persistent else 1,
+        expiration=expiration,
+    )
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
