@@ -79,7 +79,9 @@ class Worker:
         self.concurrency = max(1, concurrency or settings.concurrency or settings.prefetch)
         self.burst = burst
         self.grace = settings.grace_seconds if grace_seconds is None else grace_seconds
-        self.transport = AmqpTransport(settings.amqp_uri)
+        self.transport = AmqpTransport(
+            settings.amqp_uri, name=f"oarlock {settings.function} {settings.step_id} {settings.container_id}"
+        )
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="oarlock-fn")
         self._lock = threading.Lock()
         self._inflight = 0

@@ -57,9 +57,10 @@ DeliveryHandler = Callable[[Delivery], None]
 
 
 class AmqpTransport:
-    def __init__(self, amqp_uri: str, *, reconnect_max_seconds: float = 30.0) -> None:
+    def __init__(self, amqp_uri: str, *, name: str = "oarlock", reconnect_max_seconds: float = 30.0) -> None:
         self._params = pika.URLParameters(amqp_uri)
         self._params.heartbeat = self._params.heartbeat or 30
+        self._params.client_properties = {"connection_name": name, "product": "oarlock"}
         self._ioloop = IOLoop()
         self._thread: threading.Thread | None = None
         self._reconnect_max = reconnect_max_seconds
