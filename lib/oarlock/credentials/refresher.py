@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import requests
 import tenacity
@@ -56,6 +55,13 @@ class _Wait(tenacity.wait.wait_base):
         return float(self._backoff(retry_state))
 
 
+def _stop_when_waits_exceed(budget: float) -> Callable[[tenacity.RetryCallState], bool]:
+    def stop(state: tenacity.RetryCallState) -> bool:
+        return state.idle_for + (state.upcoming_sleep or 0.0) > budget
+
+    return stop
+
+
 class TokenClient:
     """Sends refresh requests to token endpoints."""
 
@@ -82,7 +88,8 @@ class TokenClient:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, TokenEndpointError) and e.retryable),
             wait=_Wait(),
-            stop=tenacity.stop_after_delay(self._budget) | tenacity.stop_after_attempt(50),
+            # the budget counts the waits (deterministic with an injected sleep) and the wall clock
+            stop=tenacity.stop_after_delay(self._budget) | _stop_when_waits_exceed(self._budget),
             sleep=self._sleep,
             reraise=True,
             before_sleep=lambda state: log.warning(
@@ -120,8 +127,9 @@ class TokenClient:
         endpoint = str(settings.token_uri)
         auth = None
         if settings.client_auth == "basic":
-            # RFC 6749 2.3.1: client id and secret are form-urlencoded before Basic encoding
-            auth = (quote(settings.client_id or "", safe=""), quote(settings.client_secret or "", safe=""))
+            # sent as they are: RFC 6749 2.3.1 asks for form-urlencoding first, but many token endpoints do not
+            # decode, and the ones that do (unquote) read plain secrets unchanged unless they hold a '%'
+            auth = (settings.client_id or "", settings.client_secret or "")
         try:
             response = self._session.post(
                 endpoint, data=form, auth=auth, timeout=TOKEN_TIMEOUT, headers={"Accept": "application/json"}

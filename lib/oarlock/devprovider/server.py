@@ -9,7 +9,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from oarlock.devprovider.state import AccessToken, ProviderState, Settings, TokenError
 
@@ -133,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
             except (binascii.Error, UnicodeDecodeError):
                 return None, None
             client_id, _, secret = decoded.partition(":")
-            return client_id, secret
+            return unquote(client_id), unquote(secret)  # RFC 6749 2.3.1 form-encoding, read leniently
         return form.get("client_id"), form.get("client_secret")
 
     def _token(self) -> None:
