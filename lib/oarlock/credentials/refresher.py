@@ -55,11 +55,14 @@ class _Wait(tenacity.wait.wait_base):
         return float(self._backoff(retry_state))
 
 
-def _stop_when_waits_exceed(budget: float) -> Callable[[tenacity.RetryCallState], bool]:
-    def stop(state: tenacity.RetryCallState) -> bool:
-        return state.idle_for + (state.upcoming_sleep or 0.0) > budget
+class _StopWhenWaitsExceed(tenacity.stop.stop_base):
+    """Stop when the waits so far plus the next one would exceed the budget."""
 
-    return stop
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return retry_state.idle_for + (retry_state.upcoming_sleep or 0.0) > self.budget
 
 
 class TokenClient:
@@ -89,7 +92,7 @@ class TokenClient:
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, TokenEndpointError) and e.retryable),
             wait=_Wait(),
             # the budget counts the waits (deterministic with an injected sleep) and the wall clock
-            stop=tenacity.stop_after_delay(self._budget) | _stop_when_waits_exceed(self._budget),
+            stop=tenacity.stop_after_delay(self._budget) | _StopWhenWaitsExceed(self._budget),
             sleep=self._sleep,
             reraise=True,
             before_sleep=lambda state: log.warning(
