@@ -177,3 +177,41 @@ def test_no_planted_secret_reaches_stdout_or_stderr_on_any_error_path(tmp_path: 
         for secret in secrets:
             if secret and secret != "***":
                 assert secret not in done.stdout and secret not in done.stderr
+
+
+def test_two_concurrent_oarlock_call_processes_sharing_a_keys_store_never_burn_a_single_use_token(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    keys = str(tmp_path / "keys.sqlite")
+    with DevProvider(ttl=1, rotation="single-use", latency_ms=60) as provider:
+        cfg = provider_cfg(provider)
+        cfg_path = tmp_path / "cfg.json"
+        cfg_path.write_text(json.dumps(cfg))
+        command = [
+            sys.executable,
+            "-m",
+            "oarlock",
+            "call",
+            "request",
+            "--component",
+            str(REPO),
+            "--cfg",
+            str(cfg_path),
+            "--keys",
+            keys,
+            "--concurrency",
+            "4",
+        ]
+        runs = [
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        results = [run.communicate(jsonl([ME] * 80), timeout=240) for run in runs]
+        stats = provider.stats()
+    for run, (stdout, stderr) in zip(runs, results, strict=True):
+        assert run.returncode == 0, stderr[-2000:]
+        assert not [line for line in event_lines(stdout) if line["event"] == "error"]
+    assert stats["invalid_grant"] == 0 and stats["refresh_calls"] >= 2

@@ -39,6 +39,20 @@ WHERE excluded.version > credentials.version
 """
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL (persistent per file); the switch does not wait on the busy handler, so retry it."""
+    for attempt in range(200):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 199:
+                raise
+            time.sleep(0.025)
+
+
 class SqliteKeyStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -58,8 +72,8 @@ class SqliteKeyStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            _use_wal(conn)
             self._local.conn = conn
         return conn
 

@@ -1,0 +1,197 @@
+"""The keys store contract, for SQLite and PostgreSQL alike: newest wins, even across processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oarlock.errors import KeyStoreError
+from oarlock.keys.postgres import PostgresKeyStore
+from oarlock.keys.store import KeyStore, apply_update_keys, open_store
+from tests.support import run_cli
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _open(kind: str, where: str) -> KeyStore:
+    if kind == "sqlite":
+        return open_store(where)
+    return PostgresKeyStore(POSTGRES, table=where)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    if request.param == "sqlite":
+        yield "sqlite", str(tmp_path / "keys.sqlite")
+        return
+    table = f"oarlock_test_{uuid.uuid4().hex[:10]}"
+    yield "postgres", table
+    cleanup = PostgresKeyStore(POSTGRES, table=table)
+    cleanup.drop()
+    cleanup.close()
+
+
+def test_save_get_and_list(store_spec: tuple[str, str]) -> None:
+    store = _open(*store_spec)
+    assert store.save("b", {"access_token": "x"}, 5, {"access_token": "x", "expires_in": 1})
+    assert store.save("a", {"access_token": "y"}, 1)
+    stored = store.get("b")
+    assert stored is not None and stored.version == 5 and stored.response == {"access_token": "x", "expires_in": 1}
+    assert [s.account for s in store.list()] == ["a", "b"]
+    assert store.get("missing") is None
+    store.close()
+
+
+def test_an_older_or_equal_version_never_overwrites_a_newer_one(store_spec: tuple[str, str]) -> None:
+    store = _open(*store_spec)
+    assert store.save("a", {"access_token": "new"}, 10)
+    assert not store.save("a", {"access_token": "old"}, 9)
+    assert not store.save("a", {"access_token": "same"}, 10)
+    stored = store.get("a")
+    assert stored is not None and stored.oauth == {"access_token": "new"}
+    store.close()
+
+
+def _writer(kind: str, where: str, offset: int, count: int) -> None:
+    store = _open(kind, where)
+    for version in range(offset, offset + count * 2, 2):
+        store.save("shared", {"v": version}, version)
+    store.close()
+
+
+def test_two_processes_writing_interleaved_versions_leave_the_newest(store_spec: tuple[str, str]) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    writers = [ctx.Process(target=_writer, args=(*store_spec, offset, 150)) for offset in (1, 2)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(60)
+        assert process.exitcode == 0
+    stored = _open(*store_spec).get("shared")
+    assert stored is not None and stored.version == 300 and stored.oauth == {"v": 300}
+
+
+def _locker(kind: str, where: str, log_path: str) -> None:
+    store = _open(kind, where)
+    with store.lock("acct"):
+        with open(log_path, "a") as log:
+            log.write("enter\n")
+        time.sleep(0.3)
+        with open(log_path, "a") as log:
+            log.write("leave\n")
+    store.close()
+
+
+def test_the_lock_excludes_a_second_process(store_spec: tuple[str, str], tmp_path: Path) -> None:
+    log_path = tmp_path / "lock.log"
+    ctx = multiprocessing.get_context("spawn")
+    processes = [ctx.Process(target=_locker, args=(*store_spec, str(log_path))) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert log_path.read_text().split() == ["enter", "leave"] * 3
+
+
+def test_a_lock_that_cannot_be_taken_in_time_is_a_keys_store_error(store_spec: tuple[str, str]) -> None:
+    import threading
+
+    store = _open(*store_spec)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.lock("busy"):
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait(10)
+    try:
+        with (
+            pytest.raises(KeyStoreError, match="lock for account busy not acquired within 0.2 s"),
+            store.lock("busy", timeout=0.2),
+        ):
+            pass
+    finally:
+        release.set()
+        thread.join()
+    store.close()
+
+
+def test_update_keys_payloads_are_applied_and_persist_false_is_not_stored(store_spec: tuple[str, str]) -> None:
+    store = _open(*store_spec)
+    payload: dict[str, Any] = {"account": "a", "version": 3, "oauth": {"access_token": "t"}, "response": {"x": 1}}
+    assert apply_update_keys(store, payload)
+    assert not apply_update_keys(store, {**payload, "version": 4, "persist": False})
+    with pytest.raises(KeyStoreError, match="has no 'version'"):
+        apply_update_keys(store, {"account": "a", "oauth": {}})
+    stored = store.get("a")
+    assert stored is not None and stored.version == 3
+    store.close()
+
+
+def test_errors_name_the_store_without_its_password() -> None:
+    with pytest.raises(KeyStoreError) as caught:
+        open_store("postgresql://postgres:hunter2-secret@127.0.0.1:1/test")
+    assert "hunter2-secret" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)
+
+
+def test_an_unwritable_sqlite_path_is_a_keys_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(KeyStoreError, match="cannot be opened"):
+        open_store(str(blocker / "keys.sqlite"))
+
+
+def test_keys_list_and_show_mask_secrets_unless_revealed(tmp_path: Path) -> None:
+    keys = str(tmp_path / "keys.sqlite")
+    open_store(keys).save(
+        "acct-x",
+        {
+            "access_token": "AT-visible-1",
+            "refresh_token": "RT-visible-2",
+            "expires_at": 1_900_000_000,
+            "instance_url": "https://i",
+        },
+        7,
+    )
+    listed = run_cli(["keys", "list", "--keys", keys])
+    assert listed.returncode == 0 and "acct-x" in listed.stdout and "AT-visible-1" not in listed.stdout
+    shown = run_cli(["keys", "show", "acct-x", "--keys", keys])
+    assert "RT-visible-2" not in shown.stdout and '"instance_url": "https://i"' in shown.stdout
+    revealed = run_cli(["keys", "show", "acct-x", "--keys", keys, "--reveal"])
+    assert "RT-visible-2" in revealed.stdout
+    missing = run_cli(["keys", "show", "nobody", "--keys", keys])
+    assert missing.returncode == 1 and "no credential stored for account nobody" in missing.stderr
+
+
+@pytest.mark.amqp
+def test_keys_serve_stores_the_newest_and_rejects_garbage(tmp_path: Path) -> None:
+    from oarlock.testing import BrokerSandbox
+
+    keys = str(tmp_path / "keys.sqlite")
+    with BrokerSandbox() as broker:
+        publish = broker.channel.basic_publish
+        key = broker.routing_keys["updateKeys"]
+        publish(broker.exchange, key, broker.cipher.encrypt({"account": "a", "version": 5, "oauth": {"t": 5}}))
+        publish(broker.exchange, key, broker.cipher.encrypt({"account": "a", "version": 4, "oauth": {"t": 4}}))
+        publish(broker.exchange, key, b"garbage that is not encrypted")
+        env = {
+            "ELASTICIO_MESSAGE_CRYPTO_PASSWORD": broker.password or "",
+            "ELASTICIO_MESSAGE_CRYPTO_IV": broker.iv or "",
+        }
+        done = run_cli(["keys", "serve", "--store", keys, "--queue", broker.queues["updateKeys"], "--burst"], env=env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"stored": 1, "refused": 1, "rejected": 1}
+        assert broker.count("updateKeys") == 0
+    assert "updateKeys message rejected" in done.stderr
+    stored = open_store(keys).get("a")
+    assert stored is not None and stored.oauth == {"t": 5}
