@@ -116,7 +116,7 @@ def test_a_lock_that_cannot_be_taken_in_time_is_a_keys_store_error(store_spec: t
     holding.wait(10)
     try:
         with (
-            pytest.raises(KeyStoreError, match="lock for account busy not acquired within 0.2 s"),
+            pytest.raises(KeyStoreError, match=r"lock for account busy not acquired within 0\.2 s"),
             store.lock("busy", timeout=0.2),
         ):
             pass
