@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +33,7 @@ from oarlock.executor import FunctionRunner
 from oarlock.message import Message, new_id
 from oarlock.settings import Settings
 from oarlock.stepconfig import StepConfig
-from oarlock.transport.amqp import AmqpTransport, Delivery, now_ms, properties
+from oarlock.transport.amqp import AmqpTransport, Confirm, Delivery, now_ms, properties
 from oarlock.transport.headers import base_headers, routing_key_override
 
 log = logging.getLogger("oarlock.worker")
@@ -50,7 +50,7 @@ class _Job:
     base: dict[str, Any]
     content: Any = None
     message: Message | None = None
-    confirms: list[Future[None]] = field(default_factory=list)
+    confirms: list[Confirm] = field(default_factory=list)
     errored: bool = False
 
     @property
@@ -158,18 +158,20 @@ class Worker:
         self.pool.submit(self._handle, delivery)
 
     def _handle(self, delivery: Delivery) -> None:
+        started = time.monotonic()
+        job: _Job | None = None
         try:
-            self._process(delivery)
+            job = self._process(delivery)
         except Exception:
             log.exception("unexpected failure while processing a delivery: it stays unsettled for redelivery")
-        finally:
-            with self._lock:
-                self._inflight -= 1
-                self._last_activity = time.monotonic()
+        if job is None:
+            self._release(None)
+            return
+        self._when_confirmed(job, lambda: self._on_confirmed(job, started, retried=False))
 
     # -- one input -----------------------------------------------------------------------------------
-    def _process(self, delivery: Delivery) -> None:
-        started = time.monotonic()
+    def _process(self, delivery: Delivery) -> _Job | None:
+        """Decode and run the function (events are published as they come); None when already done."""
         incoming = dict(delivery.properties.headers or {})
         job = _Job(delivery, incoming, base_headers(self.settings, incoming, start_ms=now_ms()))
         if job.message_id and self._already_done(job.message_id):
@@ -179,27 +181,58 @@ class Worker:
                 extra={"messageId": job.message_id},
             )
             self.transport.ack(delivery)
-            return
+            return None
+        version = int(job.incoming.get("protocolVersion") or 1)
         try:
-            settle = self._run(job)
-        finally:
-            if job.message_id:
-                with self._lock:
-                    event = self._active.pop(job.message_id, None)
-                if event is not None:
-                    event.set()
-        if settle is None:
-            return
-        if settle == "ack":
-            self.transport.ack(delivery)
+            job.content = self.cipher.decrypt(job.delivery.body, version)
+            job.message = Message.from_dict(job.content)
+        except DecodeError as exc:
+            log.error("cannot decode message: %s", exc, extra={"messageId": job.message_id})
+            self._emit(job, Event(EventName.ERROR, error_payload(exc)))
+            return job
+        self.runner.call(job.message, self.cfg, self._snapshot_copy(), sink=lambda e: self._emit(job, e))
+        return job
+
+    def _when_confirmed(self, job: _Job, then: Callable[[], None]) -> None:
+        """Call ``then`` (on the I/O thread) once every publish of the job is confirmed or failed."""
+        self.transport.when_all(list(job.confirms), then)
+
+    def _on_confirmed(self, job: _Job, started: float, *, retried: bool) -> None:
+        failure = _first_failure(job.confirms)
+        if failure is None:
+            self._complete(job, started, "reject" if job.errored else "ack")
+        elif not isinstance(failure, PublishError):
+            log.warning(
+                "confirms lost (%s): the input stays unsettled and will be redelivered",
+                failure,
+                extra={"messageId": job.message_id},
+            )
+            self._complete(job, started, None)
+        elif not retried:
+            # an output came back unroutable or was nacked: an error of this input, never a silent drop
+            job.confirms = []
+            self._emit(job, Event(EventName.ERROR, error_payload(failure)))
+            self._when_confirmed(job, lambda: self._on_confirmed(job, started, retried=True))
         else:
-            self.transport.reject(delivery, requeue=settle == "requeue")
-        if settle in ("ack", "reject"):
+            log.error(
+                "neither the output nor the error of message %s could be routed (%s): rejected",
+                job.message_id,
+                failure,
+                extra={"messageId": job.message_id},
+            )
+            self._complete(job, started, "reject")
+
+    def _complete(self, job: _Job, started: float, settle: str | None) -> None:
+        if settle == "ack":
+            self.transport.ack(job.delivery)
+        elif settle is not None:
+            self.transport.reject(job.delivery, requeue=False)
+        if settle is not None:
             self._remember(job.message_id)
         self.processed += 1
         log.info(
             "message processed: %s",
-            settle,
+            settle or "left for redelivery",
             extra={
                 "messageId": job.message_id,
                 "threadId": job.base.get("threadId"),
@@ -208,6 +241,15 @@ class Worker:
                 "duration_ms": round((time.monotonic() - started) * 1000, 2),
             },
         )
+        self._release(job.message_id)
+
+    def _release(self, message_id: str | None) -> None:
+        with self._lock:
+            event = self._active.pop(message_id, None) if message_id else None
+            self._inflight -= 1
+            self._last_activity = time.monotonic()
+        if event is not None:
+            event.set()
 
     def _already_done(self, message_id: str) -> bool:
         while True:
@@ -227,56 +269,6 @@ class Worker:
             self._done[message_id] = None
             while len(self._done) > DEDUP_CAPACITY:
                 self._done.popitem(last=False)
-
-    def _run(self, job: _Job) -> str | None:
-        """Process and publish; returns "ack", "reject", "requeue", or None (leave unsettled)."""
-        version = int(job.incoming.get("protocolVersion") or 1)
-        try:
-            job.content = self.cipher.decrypt(job.delivery.body, version)
-            job.message = Message.from_dict(job.content)
-        except DecodeError as exc:
-            log.error("cannot decode message: %s", exc, extra={"messageId": job.message_id})
-            self._emit(job, Event(EventName.ERROR, error_payload(exc)))
-            return self._settle(job)
-        self.runner.call(job.message, self.cfg, self._snapshot_copy(), sink=lambda e: self._emit(job, e))
-        return self._settle(job)
-
-    def _settle(self, job: _Job) -> str | None:
-        failure = self._wait_confirms(job)
-        if failure is None:
-            return "reject" if job.errored else "ack"
-        if not isinstance(failure, PublishError):
-            log.warning(
-                "confirms lost (%s): the input stays unsettled and will be redelivered",
-                failure,
-                extra={"messageId": job.message_id},
-            )
-            return None
-        # an output came back unroutable or was nacked: that is an error of this input, never a silent drop
-        job.confirms = []
-        self._emit(job, Event(EventName.ERROR, error_payload(failure)))
-        second = self._wait_confirms(job)
-        if second is None:
-            return "reject"
-        if isinstance(second, PublishError):
-            log.error(
-                "neither the output nor the error of message %s could be routed (%s): rejected",
-                job.message_id,
-                second,
-                extra={"messageId": job.message_id},
-            )
-            return "reject"
-        return None
-
-    def _wait_confirms(self, job: _Job) -> OarlockError | None:
-        for future in job.confirms:
-            try:
-                future.result(CONFIRM_TIMEOUT)
-            except OarlockError as exc:
-                return exc
-            except FutureTimeout:
-                return TransportError(f"no confirm from the broker within {CONFIRM_TIMEOUT:g} s")
-        return None
 
     def _snapshot_copy(self) -> dict[str, Any]:
         with self._lock:
@@ -419,6 +411,13 @@ class Worker:
         body = self.cipher.encrypt(event.payload, 1)
         self._check_size(body, "httpReply")
         self._send(job, str(reply_to), body, self._headers(job))
+
+
+def _first_failure(confirms: list[Confirm]) -> BaseException | None:
+    for confirm in confirms:
+        if confirm.error is not None:
+            return confirm.error
+    return None
 
 
 def _rebound_reason(payload: Any) -> str:

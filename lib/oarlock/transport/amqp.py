@@ -4,7 +4,7 @@ One I/O thread runs a pika ``SelectConnection`` ioloop holding two connections (
 publishing, as sailor separates them). Everything that touches pika happens on that thread:
 other threads call :meth:`AmqpTransport.publish`, :meth:`ack` and :meth:`reject`, which hand
 the work over with ``add_callback_threadsafe`` (pika's threading rule). A publish returns a
-``Future`` that resolves when the broker confirms it: confirms are pipelined, never one
+``Confirm`` that resolves when the broker confirms it: confirms are pipelined, never one
 blocking round trip per message. A mandatory publish that comes back unroutable
 (basic.return) or is nacked fails its future with PublishError. When a connection drops,
 every pending future fails, acks for deliveries of the dead connection are dropped (the
@@ -13,6 +13,7 @@ broker redelivers them), and the transport reconnects with backoff.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -44,9 +45,35 @@ class Delivery:
     exchange: str
 
 
+class Confirm:
+    """The broker's answer to one publish. Resolved on the I/O thread; its callbacks run there too."""
+
+    __slots__ = ("_callbacks", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: BaseException | None = None
+        self._callbacks: list[Callable[[], None]] = []
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done, self.error = True, error
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """I/O thread only."""
+        if self.done:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+
 @dataclass
 class _Pending:
-    future: Future[None]
+    confirm: Confirm
     exchange: str
     routing_key: str
     body: bytes
@@ -75,7 +102,11 @@ class AmqpTransport:
         self._consuming_wanted = False
         self._pending: dict[int, _Pending] = {}
         self._next_tag = 0
-        self._waiting: list[tuple[Callable[[], None], Future[None]]] = []
+        self._waiting: list[tuple[Callable[[], None], Confirm]] = []
+        self._io_thread: int | None = None
+        self._outbox: collections.deque[Callable[[], None]] = collections.deque()
+        self._kick_lock = threading.Lock()
+        self._kicked = False
         self.generation = 0
         self._ready = threading.Event()
         self._closing = False
@@ -93,7 +124,8 @@ class AmqpTransport:
             raise TransportError(f"cannot connect to the broker within {timeout:g} s: {self.last_error or 'no answer'}")
 
     def _run(self) -> None:
-        self._ioloop.add_callback_threadsafe(self._connect)
+        self._io_thread = threading.get_ident()
+        self.call(self._connect)
         self._ioloop.start()
 
     def close(self) -> None:
@@ -113,8 +145,22 @@ class AmqpTransport:
             self._thread.join(10)
 
     def call(self, fn: Callable[[], None]) -> None:
-        """Run fn on the I/O thread."""
-        self._ioloop.add_callback_threadsafe(fn)
+        """Run fn on the I/O thread, in order; one wake-up of the loop serves a whole batch of calls."""
+        if threading.get_ident() == self._io_thread and not self._outbox:
+            fn()
+            return
+        self._outbox.append(fn)
+        with self._kick_lock:
+            if self._kicked:
+                return
+            self._kicked = True
+        self._ioloop.add_callback_threadsafe(self._drain_outbox)
+
+    def _drain_outbox(self) -> None:
+        with self._kick_lock:
+            self._kicked = False
+        while self._outbox:
+            self._outbox.popleft()()
 
     # -- connections (I/O thread) ------------------------------------------------------------------
     def _connect(self) -> None:
@@ -155,8 +201,7 @@ class AmqpTransport:
         # fail everything bound to the dead connections, once
         pending, self._pending = self._pending, {}
         for record in pending.values():
-            if not record.future.done():
-                record.future.set_exception(TransportError("the broker connection was lost before the confirm"))
+            record.confirm.resolve(TransportError("the broker connection was lost before the confirm"))
         self._consume_channel = self._publish_channel = None
         for conn in (self._consume_conn, self._publish_conn):
             if conn is not None and conn.is_open:
@@ -201,8 +246,9 @@ class AmqpTransport:
             self._ready.set()
             self.connected_once.set()
             waiting, self._waiting = self._waiting, []
-            for fn, future in waiting:
-                self._run_waiting(fn, future)
+            for fn, confirm in waiting:
+                if not confirm.done:
+                    fn()
             if self._consuming_wanted:
                 self._start_consuming()
 
@@ -292,31 +338,44 @@ class AmqpTransport:
             channel.basic_reject(delivery.delivery_tag, requeue=requeue)
 
     # -- publishing --------------------------------------------------------------------------------
-    def publish(
-        self, exchange: str, routing_key: str, body: bytes, properties: pika.spec.BasicProperties
-    ) -> Future[None]:
-        """Publish with mandatory=True; the future resolves on the broker's confirm (any thread)."""
-        future: Future[None] = Future()
+    def publish(self, exchange: str, routing_key: str, body: bytes, properties: pika.spec.BasicProperties) -> Confirm:
+        """Publish with mandatory=True (any thread); the Confirm resolves on the broker's answer."""
+        confirm = Confirm()
 
         def send() -> None:
             channel = self._publish_channel
             if channel is None or not channel.is_open or not self._ready.is_set():
-                self._waiting.append((send, future))
+                self._waiting.append((send, confirm))
                 return
             self._next_tag += 1
-            self._pending[self._next_tag] = _Pending(future, exchange, routing_key, body)
+            self._pending[self._next_tag] = _Pending(confirm, exchange, routing_key, body)
             try:
                 channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
             except pika.exceptions.AMQPError as exc:
                 self._pending.pop(self._next_tag, None)
-                future.set_exception(TransportError(f"publish to {exchange}/{routing_key} failed: {exc!r}"))
+                confirm.resolve(TransportError(f"publish to {exchange}/{routing_key} failed: {exc!r}"))
 
         self.call(send)
-        return future
+        return confirm
 
-    def _run_waiting(self, fn: Callable[[], None], future: Future[None]) -> None:
-        if not future.done():
-            fn()
+    def when_all(self, confirms: list[Confirm], then: Callable[[], None]) -> None:
+        """Call ``then`` on the I/O thread once every confirm is resolved (nobody blocks waiting)."""
+
+        def register() -> None:
+            if not confirms:
+                then()
+                return
+            remaining = [len(confirms)]
+
+            def one_done() -> None:
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    then()
+
+            for confirm in confirms:
+                confirm.on_done(one_done)
+
+        self.call(register)
 
     def _on_return(
         self,
@@ -328,7 +387,7 @@ class AmqpTransport:
         for record in self._pending.values():
             if not record.returned and record.routing_key == method.routing_key and record.body == body:
                 record.returned = True
-                record.future.set_exception(
+                record.confirm.resolve(
                     PublishError(
                         f"the broker returned a message published to exchange {method.exchange!r} with routing key "
                         f"{method.routing_key!r} as unroutable ({method.reply_text})"
@@ -342,12 +401,12 @@ class AmqpTransport:
         tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
         for tag in tags:
             record = self._pending.pop(tag, None)
-            if record is None or record.future.done():
+            if record is None:
                 continue
             if acked:
-                record.future.set_result(None)
+                record.confirm.resolve()
             else:
-                record.future.set_exception(
+                record.confirm.resolve(
                     PublishError(f"the broker refused (nack) a message for routing key {record.routing_key!r}")
                 )
 

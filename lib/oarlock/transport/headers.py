@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from oarlock.message import new_id
 from oarlock.settings import Settings
 
 ROUTING_KEY_HEADER = "x-eio-routing-key"
@@ -21,7 +21,7 @@ def thread_id(incoming: Mapping[str, Any]) -> str:
     lowered = {str(k).lower(): v for k, v in incoming.items()}
     if lowered.get("x-eio-meta-trace-id"):
         return str(lowered["x-eio-meta-trace-id"])
-    return str(uuid.uuid4())
+    return new_id()
 
 
 def base_headers(settings: Settings, incoming: Mapping[str, Any], *, start_ms: int) -> dict[str, Any]:

@@ -1,0 +1,164 @@
+"""Worker throughput: oarlock vs the raw pika ceiling, and an I/O-bound case. Prints a markdown table.
+
+    .venv/bin/python bench/throughput.py [--messages 20000] [--prefetch 100]
+
+1. Prefill N encrypted 1 KB messages; run `oarlock run --burst` with a pass-through action,
+   prefetch 100, publisher confirms on; report msgs/s and the worker's peak RSS.
+2. The raw pika ceiling on the same queue shape: a minimal SelectConnection consumer that
+   publishes each message and acks it after the broker's confirm (no decryption, no function).
+3. I/O-bound: an action making one call to the dev provider's API with 50 ms added latency,
+   at concurrency 1, 16 and 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.spec
+
+from oarlock.devprovider import DevProvider
+from oarlock.testing import BrokerSandbox
+
+COMPONENT = Path(__file__).resolve().parent / "component"
+
+
+def prefill(broker: BrokerSandbox, count: int, size: int = 1024) -> None:
+    body = {"body": {"payload": "x" * (size - 60)}}
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_uri))
+    channel = connection.channel()
+    encrypted = broker.cipher.encrypt(body)
+    for n in range(count):
+        channel.basic_publish("", broker.input_queue, encrypted, pika.BasicProperties(
+            content_type="application/json", headers={"messageId": f"m-{n}", "protocolVersion": 1}))
+    connection.close()
+    while broker.count("in") < count:
+        time.sleep(0.05)
+
+
+def wait_empty(broker: BrokerSandbox, name: str) -> None:
+    while broker.count(name):
+        time.sleep(0.2)
+
+
+def run_oarlock(broker: BrokerSandbox, function: str, count: int, *, prefetch: int, concurrency: int,
+                cfg: dict[str, Any] | None = None) -> tuple[float, float]:
+    """msgs/s and the worker's peak RSS in MB."""
+    cfg_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"oarlock-bench-cfg-{os.getpid()}.json"
+    cfg_path.write_text(json.dumps(cfg or {}))
+    env = {**os.environ, **broker.env(function), "ELASTICIO_RABBITMQ_PREFETCH_SAILOR": str(prefetch),
+           "ELASTICIO_LOG_LEVEL": "warning"}
+    started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    done = subprocess.run([sys.executable, "-m", "oarlock", "run", "--component", str(COMPONENT), "--cfg",
+                           str(cfg_path), "--burst", "--concurrency", str(concurrency)], env=env, check=False,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if done.returncode != 0:
+        raise SystemExit(f"worker failed: {done.stderr[-2000:]}")
+    produced = broker.count("data")
+    if produced != count:
+        raise SystemExit(f"expected {count} outputs, found {produced}")
+    broker.channel.queue_purge(broker.queues["data"])
+    return count / elapsed, max(peak, before) / 1024
+
+
+def run_raw(broker: BrokerSandbox, count: int, *, prefetch: int) -> float:
+    """The ceiling: consume, publish, ack after the confirm, nothing else (SelectConnection, pipelined)."""
+    state: dict[str, Any] = {"acked": 0, "next_tag": 0, "pending": {}}
+    params = pika.URLParameters(broker.amqp_uri)
+
+    def on_open(connection: pika.SelectConnection) -> None:
+        connection.channel(on_open_callback=lambda ch: on_channel(connection, ch))
+
+    def on_channel(connection: pika.SelectConnection, channel: Any) -> None:
+        state["channel"] = channel
+        channel.confirm_delivery(on_confirm, callback=lambda _f: start(channel))
+
+    def start(channel: Any) -> None:
+        channel.basic_qos(prefetch_count=prefetch)
+        state["started"] = time.perf_counter()
+        channel.basic_consume(broker.input_queue, on_message)
+
+    def on_message(channel: Any, method: Any, props: Any, body: bytes) -> None:
+        channel.basic_publish(broker.exchange, broker.routing_keys["data"], body, props, mandatory=True)
+        state["next_tag"] += 1
+        state["pending"][state["next_tag"]] = method.delivery_tag
+
+    def on_confirm(frame: Any) -> None:
+        tag, multiple = frame.method.delivery_tag, frame.method.multiple
+        tags = [t for t in state["pending"] if t <= tag] if multiple else [tag]
+        channel = state["channel"]
+        for t in sorted(tags):
+            delivery = state["pending"].pop(t, None)
+            if delivery is not None:
+                channel.basic_ack(delivery)
+                state["acked"] += 1
+        if state["acked"] >= count:
+            state["elapsed"] = time.perf_counter() - state["started"]
+            connection.close()
+
+    connection = pika.SelectConnection(params, on_open_callback=on_open,
+                                       on_close_callback=lambda c, r: c.ioloop.stop())
+    connection.ioloop.start()
+    broker.channel.queue_purge(broker.queues["data"])
+    return count / float(state["elapsed"])
+
+
+def io_bound(counts: dict[int, int]) -> list[tuple[int, float]]:
+    rows = []
+    with DevProvider(latency_ms=50) as provider:
+        token = provider.mint()
+        cfg = {"_account": "bench", "baseUrl": provider.url,
+               "oauth": {**token, "expires_at": time.time() + 3600},
+               "oauth2": {"token_uri": provider.token_url, "client_id": "oarlock-dev",
+                          "client_secret": "oarlock-dev-secret"}}
+        for concurrency, count in counts.items():
+            with BrokerSandbox() as broker:
+                prefill(broker, count, size=256)
+                rate, _ = run_oarlock(broker, "api", count, prefetch=max(concurrency, 1), concurrency=concurrency,
+                                      cfg=cfg)
+                rows.append((concurrency, rate))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--prefetch", type=int, default=100)
+    parser.add_argument("--io-messages", type=int, default=400)
+    args = parser.parse_args()
+    with BrokerSandbox() as broker:
+        prefill(broker, args.messages)
+        raw = run_raw(broker, args.messages, prefetch=args.prefetch)
+        prefill(broker, args.messages)
+        rate, rss = run_oarlock(broker, "passthrough", args.messages, prefetch=args.prefetch,
+                                concurrency=args.prefetch)
+        prefill(broker, args.messages)
+        rate_1, rss_1 = run_oarlock(broker, "passthrough", args.messages, prefetch=args.prefetch, concurrency=1)
+    print(f"\n### Throughput, {args.messages} messages of 1 KB, prefetch {args.prefetch}, confirms on\n")
+    print("| runner | msgs/s | peak RSS (MB) | ratio to raw pika |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| raw pika (consume, publish, ack after confirm) | {raw:,.0f} | - | 1.00 |")
+    print(f"| oarlock run, concurrency {args.prefetch} | {rate:,.0f} | {rss:.1f} | {rate / raw:.2f} |")
+    print(f"| oarlock run, concurrency 1 | {rate_1:,.0f} | {rss_1:.1f} | {rate_1 / raw:.2f} |")
+    counts = {1: max(40, args.io_messages // 10), 16: args.io_messages, 64: args.io_messages * 2}
+    rows = io_bound(counts)
+    print("\n### I/O-bound: one API call with 50 ms latency per message\n")
+    print("| concurrency | messages | msgs/s |")
+    print("| ---: | ---: | ---: |")
+    for concurrency, rate_io in rows:
+        print(f"| {concurrency} | {counts[concurrency]} | {rate_io:,.1f} |")
+
+
+if __name__ == "__main__":
+    main()
