@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import requests
+import requests.adapters
 
 from oarlock.credentials.providers import RefreshSettings
 from oarlock.credentials.redact import register_credential
@@ -111,6 +112,9 @@ class CredentialManager:
         )
         self._states: dict[str, _AccountState] = {}
         self._states_lock = threading.Lock()
+        # one connection pool for every session this manager hands out (urllib3's pool is thread-safe):
+        # a message's ctx.http reuses the keep-alive connections of the messages before it
+        self._adapter = requests.adapters.HTTPAdapter(pool_connections=32, pool_maxsize=128)
 
     # -- state ---------------------------------------------------------------------------------
     def _state(self, account: str, oauth: Mapping[str, Any]) -> _AccountState:
@@ -160,7 +164,7 @@ class CredentialManager:
     ) -> requests.Session:
         from oarlock.credentials.auth import OAuth2Auth
 
-        session = requests.Session()
+        session = _PooledSession(self._adapter)
         session.auth = OAuth2Auth(self.credential(cfg, on_update=on_update, refresh_hook=refresh_hook))
         return session
 
@@ -315,6 +319,18 @@ class CredentialManager:
                 account,
                 extra={"account": account},
             )
+
+
+class _PooledSession(requests.Session):
+    """A session on the manager's shared connection pool; closing it leaves the pool open."""
+
+    def __init__(self, adapter: requests.adapters.HTTPAdapter) -> None:
+        super().__init__()
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.adapters.clear()
 
 
 class BoundCredential:

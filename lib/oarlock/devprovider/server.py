@@ -27,6 +27,8 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: without this, Nagle + delayed ACK stall keep-alive clients 40 ms
+    disable_nagle_algorithm = True
 
     # -- plumbing -------------------------------------------------------------------------------
     @property
