@@ -21,6 +21,7 @@ class PostgresKeyStore:
     def __init__(self, url: str, *, table: str = DEFAULT_TABLE) -> None:
         try:
             import psycopg
+            import psycopg.errors
         except ImportError:
             raise KeyStoreError("the PostgreSQL keys store needs psycopg: pip install 'oarlock[postgres]'") from None
         if not table.replace("_", "").isalnum():
@@ -29,10 +30,18 @@ class PostgresKeyStore:
         self.url = url
         self.table = table
         self._local = threading.local()
-        self._execute(
+        create = (
             f"CREATE TABLE IF NOT EXISTS {table} (account TEXT PRIMARY KEY, version BIGINT NOT NULL, "
             "oauth JSONB NOT NULL, response JSONB, updated_at DOUBLE PRECISION NOT NULL)"
         )
+        try:
+            self._connection().execute(create)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            pass  # another process created it at the same moment (IF NOT EXISTS is not race-free)
+        except psycopg.Error as exc:
+            raise KeyStoreError(
+                f"keys store {safe_url(url)}: {type(exc).__name__}: {exc.diag.message_primary}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"PostgresKeyStore({safe_url(self.url)!r})"
