@@ -25,8 +25,9 @@ def test_defaults_are_sailors() -> None:
     assert settings.update_keys_routing_key.endswith("updateKeys")
 
 
-@pytest.mark.parametrize("name", ["FLOW_ID", "STEP_ID", "FUNCTION", "AMQP_URI", "LISTEN_MESSAGES_ON",
-                                  "MESSAGE_CRYPTO_PASSWORD", "API_URI"])
+@pytest.mark.parametrize(
+    "name", ["FLOW_ID", "STEP_ID", "FUNCTION", "AMQP_URI", "LISTEN_MESSAGES_ON", "MESSAGE_CRYPTO_PASSWORD", "API_URI"]
+)
 def test_a_missing_required_variable_is_named(name: str) -> None:
     with pytest.raises(EnvironmentConfigError, match=f"ELASTICIO_{name} is required but not set"):
         Settings.from_env(env(**{f"ELASTICIO_{name}": "<unset>"}))
@@ -38,16 +39,27 @@ def test_the_api_may_be_missing_when_the_cfg_comes_from_elsewhere() -> None:
 
 
 def test_numbers_fall_back_to_the_default_and_booleans_follow_sailor() -> None:
-    settings = Settings.from_env(env(ELASTICIO_REBOUND_LIMIT="many", ELASTICIO_RABBITMQ_PREFETCH_SAILOR="25",
-                                     ELASTICIO_AMQP_PERSISTENT_MESSAGES="", ELASTICIO_NO_ERROR_REPLIES="yes",
-                                     ELASTICIO_STARTUP_REQUIRED="false"))
+    settings = Settings.from_env(
+        env(
+            ELASTICIO_REBOUND_LIMIT="many",
+            ELASTICIO_RABBITMQ_PREFETCH_SAILOR="25",
+            ELASTICIO_AMQP_PERSISTENT_MESSAGES="",
+            ELASTICIO_NO_ERROR_REPLIES="yes",
+            ELASTICIO_STARTUP_REQUIRED="false",
+        )
+    )
     assert settings.rebound_limit == 20 and settings.prefetch == 25
     assert not settings.persistent_messages and settings.no_error_replies and not settings.startup_required
 
 
 def test_additional_vars_are_copied_camel_cased_into_headers() -> None:
-    settings = Settings.from_env(env(ELASTICIO_ADDITIONAL_VARS_FOR_HEADERS="ELASTICIO_TENANT_NAME, REGION",
-                                     ELASTICIO_TENANT_NAME="acme", REGION="eu"))
+    settings = Settings.from_env(
+        env(
+            ELASTICIO_ADDITIONAL_VARS_FOR_HEADERS="ELASTICIO_TENANT_NAME, REGION",
+            ELASTICIO_TENANT_NAME="acme",
+            REGION="eu",
+        )
+    )
     assert settings.additional_headers == {"tenantName": "acme", "region": "eu"}
     assert camel_case("ELASTICIO_SOME_LONG_NAME") == "someLongName"
 
@@ -59,8 +71,9 @@ def test_secrets_are_not_in_the_settings_repr() -> None:
 
 def test_base_headers_carry_the_sailor_set_and_lower_cased_meta_headers() -> None:
     settings = Settings.from_env(env())
-    headers = base_headers(settings, {"messageId": "m-1", "X-EIO-META-Trace": "t", "reply_to": "r", "other": 1},
-                           start_ms=123)
+    headers = base_headers(
+        settings, {"messageId": "m-1", "X-EIO-META-Trace": "t", "reply_to": "r", "other": 1}, start_ms=123
+    )
     assert headers["parentMessageId"] == "m-1" and headers["x-eio-meta-trace"] == "t" and headers["reply_to"] == "r"
     assert headers["start"] == 123 and "other" not in headers and headers["taskId"] == "flow-1"
 
@@ -77,7 +90,6 @@ def test_the_routing_key_override_is_popped_in_any_case() -> None:
 
 
 def test_oarlock_run_without_required_variables_exits_2_naming_the_first() -> None:
-    done = run_cli(["run", "--component", str(TEST_COMPONENTS / "amqp")],
-                   env={k: "" for k in env()})
+    done = run_cli(["run", "--component", str(TEST_COMPONENTS / "amqp")], env={k: "" for k in env()})
     assert done.returncode == 2 and "ELASTICIO_FLOW_ID is required but not set" in done.stderr
     assert "Traceback" not in done.stderr

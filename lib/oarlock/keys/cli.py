@@ -85,6 +85,48 @@ def show_command(account: str, store_url: str, reveal: bool) -> None:
     click.echo(json.dumps(describe(stored, reveal), ensure_ascii=False, indent=2))
 
 
+@keys_group.command("refresh-dormant")
+@store_option
+@click.option(
+    "--idle-days",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Refresh credentials not updated for this many days (Microsoft revokes after 90).",
+)
+@click.option("--token-uri", required=True, help="The provider's token endpoint.")
+@click.option("--client-id", envvar="OARLOCK_CLIENT_ID", required=True, help="OAuth2 client id (or OARLOCK_CLIENT_ID).")
+@click.option(
+    "--client-secret",
+    envvar="OARLOCK_CLIENT_SECRET",
+    default=None,
+    help="OAuth2 client secret (better: OARLOCK_CLIENT_SECRET in the environment).",
+)
+@click.option("--client-auth", type=click.Choice(["post", "basic"]), default="post", show_default=True)
+def refresh_dormant_command(
+    store_url: str, idle_days: float, token_uri: str, client_id: str, client_secret: str | None, client_auth: str
+) -> None:
+    """Refresh stored credentials that slept, before the provider's inactivity window closes."""
+    from oarlock import logs
+    from oarlock.credentials.redact import register_secret
+    from oarlock.keys.dormant import refresh_dormant
+
+    logs.configure(os.environ.get("ELASTICIO_LOG_LEVEL", "warning"))
+    register_secret(client_secret)
+    store = _open(store_url)
+    oauth2 = {
+        "token_uri": token_uri,
+        "client_id": client_id,
+        "client_secret": client_secret,
+        "client_auth": client_auth,
+    }
+    results = refresh_dormant(store, oauth2, idle_seconds=idle_days * 86400)
+    store.close()
+    for result in results:
+        click.echo(json.dumps({k: v for k, v in result.__dict__.items() if v is not None}, ensure_ascii=False))
+    sys.exit(1 if any(not r.refreshed for r in results) else 0)
+
+
 @keys_group.command("serve")
 @store_option
 @click.option(
