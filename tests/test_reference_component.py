@@ -175,3 +175,49 @@ def test_service_mode_reports_bad_cfg_json_as_an_error_result(result_server: tup
     done = run_cli(["service", "verifyCredentials", "--component", str(REPO)], env=env)
     assert done.returncode == 1
     assert received[0]["status"] == "error" and "ELASTICIO_CFG is not valid JSON" in received[0]["data"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("service", "extra", "expected"),
+    [
+        ("getMetaModel", {}, {"in": {"type": "object", "properties": {"field": {"type": "string", "title": "L"}}}}),
+        ("selectModel", {"ELASTICIO_GET_MODEL_METHOD": "listThings"}, {"a": "Thing A", "b": "Thing B"}),
+    ],
+)
+def test_service_mode_get_meta_model_and_select_model(
+    result_server: tuple[str, list[Any]], service: str, extra: dict[str, str], expected: Any
+) -> None:
+    from tests.support import TEST_COMPONENTS
+
+    url, received = result_server
+    env = {
+        "ELASTICIO_CFG": json.dumps({"label": "L"}),
+        "ELASTICIO_POST_RESULT_URL": url,
+        "ELASTICIO_ACTION_OR_TRIGGER": "echo",
+        **extra,
+    }
+    done = run_cli(["service", service, "--component", str(TEST_COMPONENTS / "basic")], env=env)
+    assert done.returncode == 0, done.stderr
+    assert received == [{"status": "success", "data": expected}]
+
+
+def test_service_mode_names_a_missing_model_method(result_server: tuple[str, list[Any]]) -> None:
+    from tests.support import TEST_COMPONENTS
+
+    url, received = result_server
+    env = {
+        "ELASTICIO_CFG": "{}",
+        "ELASTICIO_POST_RESULT_URL": url,
+        "ELASTICIO_ACTION_OR_TRIGGER": "echo",
+        "ELASTICIO_GET_MODEL_METHOD": "nothingHere",
+    }
+    done = run_cli(["service", "selectModel", "--component", str(TEST_COMPONENTS / "basic")], env=env)
+    assert done.returncode == 1
+    assert received[0] == {"status": "error", "data": {"message": "function 'echo' does not define nothingHere(cfg)"}}
+
+
+def test_the_cli_lists_every_command_and_has_a_version() -> None:
+    done = run_cli(["--help"])
+    for command in ("call", "demo", "dev-provider", "keys", "run", "service", "validate", "verify"):
+        assert command in done.stdout
+    assert run_cli(["--version"]).stdout.strip().endswith("0.1.0")
