@@ -29,8 +29,11 @@ CLIENT = {"client_id": "oarlock-dev", "client_secret": "oarlock-dev-secret"}
 
 
 def refresh(provider: DevProvider, credential: dict[str, Any], http: requests.Session) -> bool:
-    answer = http.post(provider.token_url, data={"grant_type": "refresh_token",
-                                                 "refresh_token": credential["refresh_token"], **CLIENT}, timeout=30)
+    answer = http.post(
+        provider.token_url,
+        data={"grant_type": "refresh_token", "refresh_token": credential["refresh_token"], **CLIENT},
+        timeout=30,
+    )
     if answer.status_code != 200:
         return False
     credential.update(answer.json())
@@ -41,8 +44,9 @@ def outlook_way(provider: DevProvider, credential: dict[str, Any]) -> Callable[[
     def call(http: requests.Session) -> bool:
         if not refresh(provider, credential, http):
             return False
-        me = http.get(f"{provider.url}/api/me", headers={"Authorization": f"Bearer {credential['access_token']}"},
-                      timeout=30)
+        me = http.get(
+            f"{provider.url}/api/me", headers={"Authorization": f"Bearer {credential['access_token']}"}, timeout=30
+        )
         return me.status_code == 200
 
     return call
@@ -50,14 +54,16 @@ def outlook_way(provider: DevProvider, credential: dict[str, Any]) -> Callable[[
 
 def salesforce_way(provider: DevProvider, credential: dict[str, Any]) -> Callable[[requests.Session], bool]:
     def call(http: requests.Session) -> bool:
-        me = http.get(f"{provider.url}/api/me", headers={"Authorization": f"Bearer {credential['access_token']}"},
-                      timeout=30)
+        me = http.get(
+            f"{provider.url}/api/me", headers={"Authorization": f"Bearer {credential['access_token']}"}, timeout=30
+        )
         if me.status_code != 401:
             return me.status_code == 200
         if not refresh(provider, credential, http):
             return False
-        again = http.get(f"{provider.url}/api/me",
-                         headers={"Authorization": f"Bearer {credential['access_token']}"}, timeout=30)
+        again = http.get(
+            f"{provider.url}/api/me", headers={"Authorization": f"Bearer {credential['access_token']}"}, timeout=30
+        )
         return again.status_code == 200
 
     return call
@@ -81,13 +87,18 @@ def oarlock_way(provider: DevProvider, cfg: dict[str, Any]) -> Callable[[request
 def measure(kind: str, callers: int, seconds: float, ttl: float) -> dict[str, Any]:
     with DevProvider(ttl=ttl, rotation="single-use", latency_ms=10) as provider:
         token = provider.mint()
-        cfg = {"_account": "bench", "baseUrl": provider.url,
-               "oauth": {**token, "expires_at": time.time() + float(token["expires_in"])},
-               "oauth2": {"token_uri": provider.token_url, **CLIENT}}
+        cfg = {
+            "_account": "bench",
+            "baseUrl": provider.url,
+            "oauth": {**token, "expires_at": time.time() + float(token["expires_in"])},
+            "oauth2": {"token_uri": provider.token_url, **CLIENT},
+        }
         credential = dict(cfg["oauth"])
-        call = {"oarlock": lambda: oarlock_way(provider, cfg),
-                "refresh before every call": lambda: outlook_way(provider, credential),
-                "refresh on 401, uncoordinated": lambda: salesforce_way(provider, credential)}[kind]()
+        call = {
+            "oarlock": lambda: oarlock_way(provider, cfg),
+            "refresh before every call": lambda: outlook_way(provider, credential),
+            "refresh on 401, uncoordinated": lambda: salesforce_way(provider, credential),
+        }[kind]()
         ok, failed = [0], [0]
         lock = threading.Lock()
         deadline = time.monotonic() + seconds
@@ -105,9 +116,17 @@ def measure(kind: str, callers: int, seconds: float, ttl: float) -> dict[str, An
         for thread in threads:
             thread.join()
         stats = provider.stats()
-    return {"kind": kind, "callers": callers, "ok": ok[0], "failed": failed[0], "token_calls": stats["token_calls"],
-            "unauthorized": stats["unauthorized"], "invalid_grant": stats["invalid_grant"],
-            "rate": ok[0] / seconds, "expiries": seconds / ttl}
+    return {
+        "kind": kind,
+        "callers": callers,
+        "ok": ok[0],
+        "failed": failed[0],
+        "token_calls": stats["token_calls"],
+        "unauthorized": stats["unauthorized"],
+        "invalid_grant": stats["invalid_grant"],
+        "rate": ok[0] / seconds,
+        "expiries": seconds / ttl,
+    }
 
 
 def main() -> None:
@@ -116,15 +135,19 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=1.0)
     parser.add_argument("--callers", type=int, nargs="+", default=[1, 16, 64])
     args = parser.parse_args()
-    print(f"\n### Refresh under concurrency: single-use rotation, ttl {args.ttl:g} s, {args.seconds:g} s per run, "
-          "10 ms API latency\n")
+    print(
+        f"\n### Refresh under concurrency: single-use rotation, ttl {args.ttl:g} s, {args.seconds:g} s per run, "
+        "10 ms API latency\n"
+    )
     print("| callers | way | ok requests/s | failed requests | token calls | 401s | invalid_grant |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for callers in args.callers:
         for kind in ("oarlock", "refresh before every call", "refresh on 401, uncoordinated"):
             row = measure(kind, callers, args.seconds, args.ttl)
-            print(f"| {callers} | {kind} | {row['rate']:,.0f} | {row['failed']} | {row['token_calls']} | "
-                  f"{row['unauthorized']} | {row['invalid_grant']} |")
+            print(
+                f"| {callers} | {kind} | {row['rate']:,.0f} | {row['failed']} | {row['token_calls']} | "
+                f"{row['unauthorized']} | {row['invalid_grant']} |"
+            )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,14 @@ def prefill(broker: BrokerSandbox, count: int, size: int = 1024) -> None:
     channel = connection.channel()
     encrypted = broker.cipher.encrypt(body)
     for n in range(count):
-        channel.basic_publish("", broker.input_queue, encrypted, pika.BasicProperties(
-            content_type="application/json", headers={"messageId": f"m-{n}", "protocolVersion": 1}))
+        channel.basic_publish(
+            "",
+            broker.input_queue,
+            encrypted,
+            pika.BasicProperties(
+                content_type="application/json", headers={"messageId": f"m-{n}", "protocolVersion": 1}
+            ),
+        )
     connection.close()
     while broker.count("in") < count:
         time.sleep(0.05)
@@ -49,18 +55,46 @@ def wait_empty(broker: BrokerSandbox, name: str) -> None:
         time.sleep(0.2)
 
 
-def run_oarlock(broker: BrokerSandbox, function: str, count: int, *, prefetch: int, concurrency: int,
-                cfg: dict[str, Any] | None = None) -> tuple[float, float]:
+def run_oarlock(
+    broker: BrokerSandbox,
+    function: str,
+    count: int,
+    *,
+    prefetch: int,
+    concurrency: int,
+    cfg: dict[str, Any] | None = None,
+) -> tuple[float, float]:
     """msgs/s (the fixed cost of starting and of detecting the empty queue removed) and peak RSS in MB."""
     cfg_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"oarlock-bench-cfg-{os.getpid()}.json"
     cfg_path.write_text(json.dumps(cfg or {}))
-    env = {**os.environ, **broker.env(function), "ELASTICIO_RABBITMQ_PREFETCH_SAILOR": str(prefetch),
-           "ELASTICIO_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        **broker.env(function),
+        "ELASTICIO_RABBITMQ_PREFETCH_SAILOR": str(prefetch),
+        "ELASTICIO_LOG_LEVEL": "warning",
+    }
     started = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run([sys.executable, "-m", "oarlock", "run", "--component", str(COMPONENT), "--cfg",
-                           str(cfg_path), "--burst", "--concurrency", str(concurrency)], env=env, check=False,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oarlock",
+            "run",
+            "--component",
+            str(COMPONENT),
+            "--cfg",
+            str(cfg_path),
+            "--burst",
+            "--concurrency",
+            str(concurrency),
+        ],
+        env=env,
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     elapsed = time.perf_counter() - started - fixed_cost(broker, function, cfg_path, env)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if done.returncode != 0:
@@ -81,9 +115,23 @@ def fixed_cost(broker: BrokerSandbox, function: str, cfg_path: Path, env: dict[s
         with BrokerSandbox() as empty:
             empty_env = {**env, "ELASTICIO_LISTEN_MESSAGES_ON": empty.input_queue}
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "oarlock", "run", "--component", str(COMPONENT), "--cfg",
-                            str(cfg_path), "--burst"], env=empty_env, check=False, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "oarlock",
+                    "run",
+                    "--component",
+                    str(COMPONENT),
+                    "--cfg",
+                    str(cfg_path),
+                    "--burst",
+                ],
+                env=empty_env,
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             _FIXED[function] = time.perf_counter() - started
     return _FIXED[function]
 
@@ -123,8 +171,7 @@ def run_raw(broker: BrokerSandbox, count: int, *, prefetch: int) -> float:
             state["elapsed"] = time.perf_counter() - state["started"]
             connection.close()
 
-    connection = pika.SelectConnection(params, on_open_callback=on_open,
-                                       on_close_callback=lambda c, r: c.ioloop.stop())
+    connection = pika.SelectConnection(params, on_open_callback=on_open, on_close_callback=lambda c, r: c.ioloop.stop())
     connection.ioloop.start()
     broker.channel.queue_purge(broker.queues["data"])
     return count / float(state["elapsed"])
@@ -134,15 +181,22 @@ def io_bound(counts: dict[int, int]) -> list[tuple[int, float]]:
     rows = []
     with DevProvider(latency_ms=50) as provider:
         token = provider.mint()
-        cfg = {"_account": "bench", "baseUrl": provider.url,
-               "oauth": {**token, "expires_at": time.time() + 3600},
-               "oauth2": {"token_uri": provider.token_url, "client_id": "oarlock-dev",
-                          "client_secret": "oarlock-dev-secret"}}
+        cfg = {
+            "_account": "bench",
+            "baseUrl": provider.url,
+            "oauth": {**token, "expires_at": time.time() + 3600},
+            "oauth2": {
+                "token_uri": provider.token_url,
+                "client_id": "oarlock-dev",
+                "client_secret": "oarlock-dev-secret",
+            },
+        }
         for concurrency, count in counts.items():
             with BrokerSandbox() as broker:
                 prefill(broker, count, size=256)
-                rate, _ = run_oarlock(broker, "api", count, prefetch=max(concurrency, 1), concurrency=concurrency,
-                                      cfg=cfg)
+                rate, _ = run_oarlock(
+                    broker, "api", count, prefetch=max(concurrency, 1), concurrency=concurrency, cfg=cfg
+                )
                 rows.append((concurrency, rate))
     return rows
 
@@ -157,13 +211,14 @@ def main() -> None:
         prefill(broker, args.messages)
         raw = run_raw(broker, args.messages, prefetch=args.prefetch)
         prefill(broker, args.messages)
-        rate, rss = run_oarlock(broker, "passthrough", args.messages, prefetch=args.prefetch,
-                                concurrency=args.prefetch)
+        rate, rss = run_oarlock(broker, "passthrough", args.messages, prefetch=args.prefetch, concurrency=args.prefetch)
         prefill(broker, args.messages)
         rate_1, rss_1 = run_oarlock(broker, "passthrough", args.messages, prefetch=args.prefetch, concurrency=1)
     print(f"\n### Throughput, {args.messages} messages of 1 KB, prefetch {args.prefetch}, confirms on\n")
-    print(f"(oarlock rates exclude the fixed {_FIXED['passthrough']:.2f} s of starting the process and detecting "
-          "the empty queue, measured by a burst run over an empty queue)\n")
+    print(
+        f"(oarlock rates exclude the fixed {_FIXED['passthrough']:.2f} s of starting the process and detecting "
+        "the empty queue, measured by a burst run over an empty queue)\n"
+    )
     print("| runner | msgs/s | peak RSS (MB) | ratio to raw pika |")
     print("| --- | ---: | ---: | ---: |")
     print(f"| raw pika (consume, publish, ack after confirm) | {raw:,.0f} | - | 1.00 |")

@@ -1,0 +1,101 @@
+"""The platform API side of the worker: step config from GET /v1/tasks/…, optional PUT /v1/accounts/…, logs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from oarlock.devprovider import DevProvider
+from oarlock.testing import BrokerSandbox
+from tests.support import TEST_COMPONENTS, provider_cfg
+
+pytestmark = pytest.mark.amqp
+
+
+class FakePlatform(BaseHTTPRequestHandler):
+    """A real HTTP server standing for the platform API (step config and account updates)."""
+
+    step: dict[str, Any] = {}
+    puts: list[tuple[str, Any, str]] = []
+    gets: list[tuple[str, str]] = []
+
+    def do_GET(self) -> None:
+        type(self).gets.append((self.path, self.headers.get("Authorization", "")))
+        body = json.dumps(type(self).step).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_PUT(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        type(self).puts.append((self.path, json.loads(self.rfile.read(length)), self.headers.get("Authorization", "")))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def platform() -> Iterator[str]:
+    FakePlatform.puts, FakePlatform.gets = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakePlatform)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_the_step_config_comes_from_the_platform_api_and_update_keys_can_also_be_put(platform: str) -> None:
+    with DevProvider(rotation="single-use") as provider, BrokerSandbox() as broker:
+        cfg = provider_cfg(provider, account="acct-api")
+        cfg["oauth"]["expires_at"] = 0
+        FakePlatform.step = {"config": cfg, "snapshot": {}, "is_passthrough": True}
+        broker.publish_input({"body": {"n": 1}})
+        env = {
+            **os.environ,
+            **broker.env("api"),
+            "ELASTICIO_API_URI": platform,
+            "ELASTICIO_API_USERNAME": "me",
+            "ELASTICIO_API_KEY": "api-key-planted-77",
+            "ELASTICIO_UPDATE_KEYS_VIA_API": "true",
+        }
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "oarlock", "run", "--component", str(TEST_COMPONENTS / "amqp"), "--burst"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert time.monotonic() - started < 120
+        (data,) = broker.take("data", 1)
+        (update,) = broker.take("updateKeys", 1)
+    path, auth = FakePlatform.gets[0]
+    assert path == "/v1/tasks/flow-1/steps/step_1"
+    assert auth == "Basic " + base64.b64encode(b"me:api-key-planted-77").decode()
+    message = data.decrypted()
+    assert message["body"] == {"n": 1, "me": "user-1"}
+    assert message["passthrough"]["step_1"]["body"] == {"n": 1}, "is_passthrough carries the input along"
+    ((put_path, put_body, _),) = FakePlatform.puts
+    assert put_path == "/v1/accounts/acct-api"
+    assert put_body["keys"]["oauth"]["refresh_token"] == update.decrypted()["oauth"]["refresh_token"]
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    processed = [line for line in lines if line["message"].startswith("message processed")]
+    assert processed and {"messageId", "threadId", "stepId", "function", "duration_ms"} <= processed[0].keys()
+    for secret in ("api-key-planted-77", broker.password or "?", cfg["oauth"]["refresh_token"]):
+        assert secret not in done.stderr
