@@ -330,7 +330,9 @@ class Worker:
         error = redact(event.payload)
         encrypted_error = self.cipher.encrypt(error, 1).decode()
         payload: dict[str, Any] = {"error": encrypted_error}
-        if job.content is not None:
+        # as sailor: the original body as it came for protocol 1 (base64 text), re-encrypted as base64 for 2
+        incoming_version = int(job.incoming.get("protocolVersion") or 1)
+        if incoming_version >= 2 and job.content is not None:
             payload["errorInput"] = self.cipher.encrypt(job.content, 1).decode()
         elif job.delivery.body:
             payload["errorInput"] = _as_text(job.delivery.body)
