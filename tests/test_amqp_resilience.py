@@ -129,13 +129,14 @@ def test_update_keys_is_published_before_the_ack_and_the_next_message_uses_the_r
 def test_kill_9_in_the_middle_of_2000_messages_loses_none(broker: BrokerSandbox, tmp_path: Path) -> None:
     total = 2000
     for n in range(total):
-        broker.publish_input({"body": {"n": n, "sleep": 0.004}})
+        broker.publish_input({"body": {"n": n, "sleep": 0.01}})  # about 2.5 s of work at concurrency 8
     cfg = write_cfg(tmp_path, {})
     env = {"ELASTICIO_RABBITMQ_PREFETCH_SAILOR": "40"}
     worker = start_worker(broker, "slow", cfg, "--concurrency", "8", env=env)
     wait_for(lambda: broker.count("data") >= 400)
     worker.signal(signal.SIGKILL)
     worker.wait(10)
+    assert broker.count("data") < total, "the kill must land in the middle of the stream"
     in_flight_bound = 40
     restarted = start_worker(broker, "slow", cfg, "--burst", "--concurrency", "8", env=env)
     code, stderr = restarted.wait(180)
@@ -173,7 +174,7 @@ def test_a_server_side_connection_close_mid_stream_is_survived_and_nothing_is_lo
 ) -> None:
     total = 600
     for n in range(total):
-        broker.publish_input({"body": {"n": n, "sleep": 0.004}})
+        broker.publish_input({"body": {"n": n, "sleep": 0.02}})  # about 3 s of work at concurrency 4
     step = f"step-close-{broker.id}"
     env = {"ELASTICIO_RABBITMQ_PREFETCH_SAILOR": "20", "ELASTICIO_STEP_ID": step}
     worker = start_worker(broker, "slow", write_cfg(tmp_path, {}), "--burst", "--concurrency", "4", env=env)
