@@ -75,26 +75,7 @@ def run_oarlock(
     }
     started = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "oarlock",
-            "run",
-            "--component",
-            str(COMPONENT),
-            "--cfg",
-            str(cfg_path),
-            "--burst",
-            "--concurrency",
-            str(concurrency),
-        ],
-        env=env,
-        check=False,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    done = burst(cfg_path, env, concurrency=concurrency)
     elapsed = time.perf_counter() - started - fixed_cost(broker, function, cfg_path, env)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if done.returncode != 0:
@@ -109,29 +90,31 @@ def run_oarlock(
 _FIXED: dict[str, float] = {}
 
 
+def burst(cfg_path: Path, env: dict[str, str], *, concurrency: int) -> subprocess.CompletedProcess[str]:
+    """``oarlock run --burst`` on the bench component as a subprocess."""
+    command = [
+        sys.executable,
+        "-m",
+        "oarlock",
+        "run",
+        "--component",
+        str(COMPONENT),
+        "--cfg",
+        str(cfg_path),
+        "--burst",
+        "--concurrency",
+        str(concurrency),
+    ]
+    return subprocess.run(command, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
 def fixed_cost(broker: BrokerSandbox, function: str, cfg_path: Path, env: dict[str, str]) -> float:
     """Seconds a burst run over an empty queue takes: interpreter start, connect, empty-queue detection, close."""
     if function not in _FIXED:
         with BrokerSandbox() as empty:
             empty_env = {**env, "ELASTICIO_LISTEN_MESSAGES_ON": empty.input_queue}
             started = time.perf_counter()
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "oarlock",
-                    "run",
-                    "--component",
-                    str(COMPONENT),
-                    "--cfg",
-                    str(cfg_path),
-                    "--burst",
-                ],
-                env=empty_env,
-                check=False,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            burst(cfg_path, empty_env, concurrency=1)
             _FIXED[function] = time.perf_counter() - started
     return _FIXED[function]
 

@@ -22,3 +22,12 @@ def dev_provider() -> Iterator[Any]:
 
     with DevProvider() as provider:
         yield provider
+
+
+@pytest.fixture
+def broker() -> Iterator[Any]:
+    """A throwaway exchange, input queue and output queues on the real broker."""
+    from oarlock.testing import BrokerSandbox
+
+    with BrokerSandbox() as sandbox:
+        yield sandbox

@@ -43,23 +43,8 @@ def event_lines(stdout: str) -> list[dict[str, Any]]:
 
 def provider_cfg(dev: Any, /, *, account: str = "acct-1", subject: str = "user-1", **oauth2: Any) -> dict[str, Any]:
     """A cfg for the reference component against a DevProvider, with a freshly minted credential."""
-    import time
-
-    token = dev.mint(subject)
-    oauth = dict(token)
-    if "expires_in" in token:
-        oauth["expires_at"] = time.time() + float(token["expires_in"])
-    return {
-        "_account": account,
-        "baseUrl": dev.url,
-        "oauth": oauth,
-        "oauth2": {
-            "token_uri": dev.token_url,
-            "client_id": "oarlock-dev",
-            "client_secret": "oarlock-dev-secret",
-            **oauth2,
-        },
-    }
+    cfg: dict[str, Any] = dev.cfg(account=account, subject=subject, **oauth2)
+    return cfg
 
 
 def jsonl(messages: list[dict[str, Any]]) -> str:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,6 @@ from tests.support import TEST_COMPONENTS, provider_cfg, run_cli
 
 AMQP = str(TEST_COMPONENTS / "amqp")
 pytestmark = pytest.mark.amqp
-
-
-@pytest.fixture
-def broker() -> Iterator[BrokerSandbox]:
-    with BrokerSandbox() as sandbox:
-        yield sandbox
 
 
 class Worker:

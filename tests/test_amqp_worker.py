@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,6 @@ from tests.support import TEST_COMPONENTS
 
 AMQP = str(TEST_COMPONENTS / "amqp")
 pytestmark = pytest.mark.amqp
-
-
-@pytest.fixture
-def broker() -> Iterator[BrokerSandbox]:
-    with BrokerSandbox() as sandbox:
-        yield sandbox
 
 
 def run_worker(

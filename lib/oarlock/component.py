@@ -26,6 +26,7 @@ import jsonschema
 
 from oarlock.credentials.redact import redact_text
 from oarlock.errors import ComponentError
+from oarlock.jsontypes import json_type
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 JAVA_CLASS = re.compile(r"^[a-z][\w]*(\.[\w$]+)+$")
@@ -110,25 +111,14 @@ def _sentence(error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
     if error.validator == "type":
-        return f"must be of type {error.validator_value}, got {_json_type(error.instance)}"
+        return f"must be of type {error.validator_value}, got {json_type(error.instance)}"
     if error.validator == "enum":
         options = error.validator_value if isinstance(error.validator_value, list) else []
         return f"must be one of {', '.join(str(o) for o in options)}, got {error.instance!r}"
     if error.validator in ("anyOf", "oneOf"):
         described = error.schema.get("description") if isinstance(error.schema, dict) else None
-        return f"has the wrong form ({_json_type(error.instance)}): {described or error.message}"
+        return f"has the wrong form ({json_type(error.instance)}): {described or error.message}"
     return error.message
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
-    return names.get(type(value), type(value).__name__)
 
 
 def main_problem(root: Path, main: str) -> str | None:

@@ -69,18 +69,7 @@ def run_demo(*, ttl: float, workdir: Path) -> int:
         stale.unlink(missing_ok=True)
     with DevProvider(ttl=ttl, rotation="single-use") as provider:
         say(f"dev provider at {provider.url}: access tokens live {ttl:g} s, refresh tokens are single-use")
-        token = provider.mint("demo-user")
-        cfg = {
-            "_account": ACCOUNT,
-            "baseUrl": provider.url,
-            "oauth": {**token, "expires_at": time.time() + float(token.get("expires_in", ttl))},
-            "oauth2": {
-                "token_uri": provider.token_url,
-                "client_id": "oarlock-dev",
-                "client_secret": "oarlock-dev-secret",
-                "client_auth": "post",
-            },
-        }
+        cfg = provider.cfg(account=ACCOUNT, subject="demo-user")
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         say(f"cfg written to {cfg_path}; 1) two requests with a fresh token")
         codes = [call(component, cfg_path, keys, MESSAGES)]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oarlock.errors import DecodeError
+from oarlock.jsontypes import json_type
 
 _KNOWN_FIELDS = ("id", "body", "headers", "attachments", "passthrough")
 
@@ -41,16 +42,16 @@ class Message:
     def from_dict(cls, data: Any, *, where: str = "message") -> Message:
         """Build a message from decoded JSON; a DecodeError names what is wrong with the shape."""
         if not isinstance(data, dict):
-            raise DecodeError(f"{where} must be a JSON object, got {_json_type(data)}")
+            raise DecodeError(f"{where} must be a JSON object, got {json_type(data, article=True)}")
         headers = data.get("headers") or {}
         if not isinstance(headers, dict):
-            raise DecodeError(f"{where}.headers must be an object, got {_json_type(headers)}")
+            raise DecodeError(f"{where}.headers must be an object, got {json_type(headers, article=True)}")
         attachments = data.get("attachments") or {}
         if not isinstance(attachments, dict):
-            raise DecodeError(f"{where}.attachments must be an object, got {_json_type(attachments)}")
+            raise DecodeError(f"{where}.attachments must be an object, got {json_type(attachments, article=True)}")
         passthrough = data.get("passthrough")
         if passthrough is not None and not isinstance(passthrough, dict):
-            raise DecodeError(f"{where}.passthrough must be an object, got {_json_type(passthrough)}")
+            raise DecodeError(f"{where}.passthrough must be an object, got {json_type(passthrough, article=True)}")
         raw_id = data.get("id")
         return cls(
             body=data.get("body", {}),
@@ -71,17 +72,3 @@ class Message:
 
     def copy(self) -> Message:
         return copy.deepcopy(self)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__

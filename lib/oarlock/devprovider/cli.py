@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 from types import FrameType
 
@@ -73,22 +72,7 @@ def dev_provider_command(
         click.echo(f"oarlock: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
         sys.exit(2)
     if mint_to:
-        token = provider.mint("user-1")
-        oauth = dict(token)
-        if "expires_in" in token:
-            oauth["expires_at"] = time.time() + float(token["expires_in"])
-        cfg = {
-            "_account": "dev-user-1",
-            "baseUrl": provider.url,
-            "oauth": oauth,
-            "oauth2": {
-                "token_uri": provider.token_url,
-                "client_id": client_id,
-                "client_secret": client_secret,
-                "client_auth": "post",
-            },
-        }
-        Path(mint_to).write_text(json.dumps(cfg, indent=2) + "\n")
+        Path(mint_to).write_text(json.dumps(provider.cfg(account="dev-user-1"), indent=2) + "\n")
     line = {
         "url": provider.url,
         "token_url": provider.token_url,

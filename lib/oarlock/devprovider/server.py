@@ -254,6 +254,25 @@ class DevProvider:
     def mint(self, subject: str = "user-1", scope: str | None = None) -> dict[str, Any]:
         return self.state.mint(subject, scope)
 
+    def cfg(self, *, account: str = "acct-1", subject: str = "user-1", **oauth2: Any) -> dict[str, Any]:
+        """A ready oarlock cfg for this provider: a freshly minted credential and how to refresh it."""
+        token = self.mint(subject)
+        oauth = dict(token)
+        if "expires_in" in token:
+            oauth["expires_at"] = time.time() + float(token["expires_in"])
+        return {
+            "_account": account,
+            "baseUrl": self.url,
+            "oauth": oauth,
+            "oauth2": {
+                "token_uri": self.token_url,
+                "client_id": self.settings.client_id,
+                "client_secret": self.settings.client_secret,
+                "client_auth": "post",
+                **oauth2,
+            },
+        }
+
     def stats(self) -> dict[str, Any]:
         return self.state.snapshot_stats()
 
