@@ -206,3 +206,16 @@ def test_bad_inputs_each_give_an_error_and_a_reject_and_the_next_good_message_is
     assert data.decrypted()["body"] == {"echo": {"ok": True}}
     assert broker.count("in") == 0
     assert "Traceback" not in done.stderr
+
+
+def test_startup_init_and_shutdown_hooks_run_when_the_platform_asks_for_them(
+    broker: BrokerSandbox, tmp_path: Path
+) -> None:
+    log = tmp_path / "hooks.log"
+    broker.publish_input({"body": {"x": 1}})
+    env = {"ELASTICIO_STARTUP_REQUIRED": "true", "ELASTICIO_HOOK_SHUTDOWN": "true"}
+    done = run_worker(broker, "hooks", cfg={"log": str(log)}, tmp_path=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert calls == [["startup"], ["init"], ["shutdown", {"subscription": "sub-1"}]]
+    assert len(broker.take("data", 1)) == 1
