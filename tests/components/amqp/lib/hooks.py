@@ -2,17 +2,22 @@ import json
 from pathlib import Path
 
 
+def _record(cfg, entry):
+    with Path(cfg["log"]).open("a") as log:
+        log.write(json.dumps(entry) + "\n")
+
+
 def startup(cfg):
-    Path(cfg["log"]).open("a").write(json.dumps(["startup"]) + "\n")
+    _record(cfg, ["startup"])
     return {"subscription": "sub-1"}
 
 
 def init(cfg):
-    Path(cfg["log"]).open("a").write(json.dumps(["init"]) + "\n")
+    _record(cfg, ["init"])
 
 
 def shutdown(cfg, data):
-    Path(cfg["log"]).open("a").write(json.dumps(["shutdown", data]) + "\n")
+    _record(cfg, ["shutdown", data])
 
 
 def process(msg, cfg, snapshot, ctx):
