@@ -11,6 +11,7 @@ messageId that this process already finished is acked without running again.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import collections
 import contextlib
 import logging
@@ -315,7 +316,8 @@ class Worker:
             )
 
     def _publish_data(self, job: _Job, event: Event) -> None:
-        message: Message = event.payload.copy()
+        # a shallow copy with its own headers: popping the routing-key header must not touch the function's object
+        message: Message = dataclasses.replace(event.payload, headers=dict(event.payload.headers))
         routing_key = routing_key_override(message.headers) or self.settings.data_routing_key
         if self.step.is_passthrough and job.message is not None:
             incoming = job.message.to_dict()
