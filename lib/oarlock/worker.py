@@ -11,9 +11,9 @@ messageId that this process already finished is acked without running again.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import collections
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
