@@ -195,3 +195,34 @@ def test_sigterm_lets_in_flight_messages_finish_and_exits_0(broker: BrokerSandbo
     assert broker.count("data") == 6, "every in-flight message finished before the exit"
     assert sorted(outputs(broker, 6)) == list(range(6))
     assert broker.count("in") == 0
+
+
+def test_two_workers_sharing_a_keys_store_never_burn_a_single_use_refresh_token(
+    broker: BrokerSandbox, tmp_path: Path
+) -> None:
+    import uuid
+
+    from oarlock.keys.postgres import PostgresKeyStore
+
+    table = f"oarlock_fleet_{uuid.uuid4().hex[:10]}"
+    store_url = "postgresql://postgres@127.0.0.1:5432/test"
+    try:
+        with DevProvider(ttl=1, rotation="single-use", latency_ms=40) as provider:
+            cfg = provider_cfg(provider, account="acct-fleet")
+            total = 400
+            for n in range(total):
+                broker.publish_input({"body": {"n": n}})
+            env = {"ELASTICIO_KEYS_STORE": f"{store_url}?table={table}", "ELASTICIO_RABBITMQ_PREFETCH_SAILOR": "8"}
+            path = write_cfg(tmp_path, cfg)
+            workers = [start_worker(broker, "api", path, "--burst", "--concurrency", "4", env=env) for _ in range(2)]
+            results = [worker.wait(180) for worker in workers]
+            stats = provider.stats()
+        for code, log in results:
+            assert code == 0, log[-3000:]
+        counts = outputs(broker, total)
+        assert set(counts) == set(range(total))
+        assert stats["invalid_grant"] == 0, "a worker burnt the other's single-use refresh token"
+        assert stats["refresh_calls"] >= 2
+        assert all("refreshed" in log or "another process refreshed" in log for _, log in results)
+    finally:
+        PostgresKeyStore(store_url, table=table).drop()

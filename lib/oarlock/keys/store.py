@@ -14,6 +14,7 @@ import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from oarlock.errors import KeyStoreError
 
@@ -43,11 +44,18 @@ class KeyStore(Protocol):
 
 
 def open_store(url: str) -> KeyStore:
-    """A plain path or ``sqlite:///path`` opens SQLite; ``postgresql://…`` opens PostgreSQL."""
-    if url.startswith(("postgresql://", "postgres://")):
-        from oarlock.keys.postgres import PostgresKeyStore
+    """A plain path or ``sqlite:///path`` opens SQLite; ``postgresql://…`` opens PostgreSQL.
 
-        return PostgresKeyStore(url)
+    A PostgreSQL URL may name the table with ``?table=NAME`` (default ``oarlock_credentials``).
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        from oarlock.keys.postgres import DEFAULT_TABLE, PostgresKeyStore
+
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        table = next((value for key, value in query if key == "table"), DEFAULT_TABLE)
+        rest = urlencode([(key, value) for key, value in query if key != "table"])
+        return PostgresKeyStore(urlunsplit(parts._replace(query=rest)), table=table)
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
     from oarlock.keys.sqlite import SqliteKeyStore
 
