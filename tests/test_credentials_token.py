@@ -106,3 +106,16 @@ def test_a_good_response_is_returned_untouched() -> None:
         "expires_in": 3600,
         "x": [1],
     }
+
+
+def test_a_form_encoded_token_response_is_understood() -> None:
+    body = b"access_token=gho_abc&token_type=bearer&scope=repo&expires_in=28800&refresh_token=ghr_def"
+    data = parse_token_response(200, "application/x-www-form-urlencoded", body, endpoint=ENDPOINT)
+    assert data["access_token"] == "gho_abc" and data["refresh_token"] == "ghr_def"
+    assert TokenSet.from_response(data, now=NOW).expires_at == NOW + 28800
+
+
+def test_an_invalid_grant_answered_with_status_200_still_asks_for_re_authorization() -> None:
+    body = b'{"error": "invalid_grant", "error_description": "bad refresh token"}'
+    with pytest.raises(CredentialNeedsReauthorization, match="answered invalid_grant \\(bad refresh token\\)"):
+        parse_token_response(200, "application/json", body, endpoint=ENDPOINT, account="a")

@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from oarlock.errors import CredentialNeedsReauthorization, TokenEndpointError
 
@@ -116,11 +117,7 @@ def parse_token_response(
     No message contains the body beyond the OAuth2 ``error`` / ``error_description``.
     """
     who = f" for account {account}" if account else ""
-    data: Any = None
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        data = None
+    data = _decode_body(content_type, body)
     if status == 429 or status >= 500:
         raise TokenEndpointError(
             f"the token endpoint {endpoint} answered {status}{who}", account=account, status=status, retryable=True
@@ -140,6 +137,14 @@ def parse_token_response(
         raise TokenEndpointError(
             f"the token endpoint {endpoint} answered {status} {what}{detail}{who}", account=account, status=status
         )
+    if isinstance(data, dict) and str(data.get("error", "")) in REAUTHORIZE_ERRORS:
+        # some endpoints answer 200 with an OAuth2 error body
+        raise CredentialNeedsReauthorization(
+            f"account {account or '(unnamed)'} must be re-authorized: the token endpoint {endpoint} "
+            f"answered {data['error']}" + (f" ({data['error_description']})" if data.get("error_description") else ""),
+            account=account,
+            oauth_error=str(data["error"]),
+        )
     if not isinstance(data, dict):
         raise TokenEndpointError(
             f"the token endpoint {endpoint} answered {status} with {_kind(content_type, body)} instead of a JSON "
@@ -155,6 +160,24 @@ def parse_token_response(
             status=status,
         )
     return data
+
+
+def _decode_body(content_type: str | None, body: bytes) -> Any:
+    """JSON, or a form-encoded body (some endpoints answer ``access_token=…&token_type=bearer``)."""
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        pass
+    if content_type and "x-www-form-urlencoded" in content_type.lower():
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        data: dict[str, Any] = dict(pairs)
+        return data
+    return None
 
 
 def _kind(content_type: str | None, body: bytes) -> str:
