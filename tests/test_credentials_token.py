@@ -119,3 +119,15 @@ def test_an_invalid_grant_answered_with_status_200_still_asks_for_re_authorizati
     body = b'{"error": "invalid_grant", "error_description": "bad refresh token"}'
     with pytest.raises(CredentialNeedsReauthorization, match="answered invalid_grant \\(bad refresh token\\)"):
         parse_token_response(200, "application/json", body, endpoint=ENDPOINT, account="a")
+
+
+def test_the_microsoft_preset_refreshes_with_the_credential_scope_plus_offline_access() -> None:
+    from oarlock.credentials.providers import RefreshSettings
+    from oarlock.credentials.refresher import TokenClient
+
+    settings = RefreshSettings.from_cfg({"provider": "microsoft", "token_uri": ENDPOINT, "client_id": "c"})
+    form = TokenClient()._form(settings, {"refresh_token": "r", "scope": "User.Read Mail.Read"}, "a")
+    assert form["scope"] == "User.Read Mail.Read offline_access"
+    assert form["client_id"] == "c" and form["grant_type"] == "refresh_token"
+    generic = RefreshSettings.from_cfg({"token_uri": ENDPOINT, "scope": "x y"})
+    assert TokenClient()._form(generic, {"refresh_token": "r", "scope": "z"}, "a")["scope"] == "x y"

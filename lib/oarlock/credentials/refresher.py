@@ -116,7 +116,10 @@ class TokenClient:
             form["refresh_token"] = refresh_token
         scope = settings.scope
         if scope is None and settings.preset.send_credential_scope:
-            scope = oauth.get("scope") or settings.preset.default_scope
+            scope = str(oauth.get("scope") or "")
+            required = settings.preset.default_scope
+            if required and required not in scope.split():
+                scope = f"{scope} {required}".strip()  # Microsoft: without offline_access no new refresh token
         if scope:
             form["scope"] = str(scope)
         if settings.client_auth == "post":
