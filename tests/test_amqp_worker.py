@@ -219,3 +219,24 @@ def test_startup_init_and_shutdown_hooks_run_when_the_platform_asks_for_them(
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert calls == [["startup"], ["init"], ["shutdown", {"subscription": "sub-1"}]]
     assert len(broker.take("data", 1)) == 1
+
+
+def test_distinct_messages_that_share_an_id_are_all_processed(broker: BrokerSandbox, tmp_path: Path) -> None:
+    for n in range(3):
+        broker.publish_input({"id": "order-17", "body": {"n": n}}, message_id="same-id")
+    assert run_worker(broker, "echo", cfg={}, tmp_path=tmp_path).returncode == 0
+    assert sorted(d.decrypted()["body"]["echo"]["n"] for d in broker.take("data", 3)) == [0, 1, 2]
+
+
+def test_a_rebounded_copy_is_processed_again_when_it_comes_back(broker: BrokerSandbox, tmp_path: Path) -> None:
+    original = broker.cipher.encrypt({"body": {"x": 1}}, 2)
+    parent = broker.publish_input(raw=original, protocol_version=2)
+    assert run_worker(broker, "rebound", cfg={}, tmp_path=tmp_path).returncode == 0
+    (rebound,) = broker.take("rebound", 1)
+    assert rebound.headers["parentMessageId"] == parent and rebound.headers["messageId"] != parent
+    assert rebound.headers["protocolVersion"] == 2 and rebound.decrypted() == {"body": {"x": 1}}
+    # the platform routes it back to the input queue after the expiration
+    broker.channel.basic_publish("", broker.input_queue, rebound.body, rebound.properties)
+    assert run_worker(broker, "rebound", cfg={}, tmp_path=tmp_path).returncode == 0
+    (again,) = broker.take("rebound", 1)
+    assert again.headers["reboundIteration"] == 2 and again.properties.expiration == "30000"

@@ -175,7 +175,8 @@ class Worker:
         """Decode and run the function (events are published as they come); None when already done."""
         incoming = dict(delivery.properties.headers or {})
         job = _Job(delivery, incoming, base_headers(self.settings, incoming, start_ms=now_ms()))
-        if job.message_id and self._already_done(job.message_id):
+        # only a broker redelivery can be a duplicate: distinct messages may share an id an upstream step chose
+        if job.message_id and self._already_done(job.message_id, redelivered=delivery.redelivered):
             log.info(
                 "redelivered message %s was already processed: acked without running it again",
                 job.message_id,
@@ -252,14 +253,15 @@ class Worker:
         if event is not None:
             event.set()
 
-    def _already_done(self, message_id: str) -> bool:
+    def _already_done(self, message_id: str, *, redelivered: bool) -> bool:
+        """Register the input as in flight; for a broker redelivery, wait for a running copy and say if it finished."""
         while True:
             with self._lock:
-                if message_id in self._done:
+                if redelivered and message_id in self._done:
                     return True
                 waiting = self._active.get(message_id)
-                if waiting is None:
-                    self._active[message_id] = threading.Event()
+                if waiting is None or not redelivered:
+                    self._active.setdefault(message_id, threading.Event())
                     return False
             waiting.wait(CONFIRM_TIMEOUT)
 
@@ -361,7 +363,14 @@ class Worker:
             )
             return
         expiration = str(2 ** (iteration - 1) * self.settings.rebound_initial_expiration)
-        headers = {**job.incoming, "reboundIteration": iteration, "reboundReason": _rebound_reason(event.payload)}
+        # the outgoing header set (a new messageId, parentMessageId = this input) like sailor, but the body is the
+        # original bytes, so its protocolVersion is the incoming one
+        headers = {
+            **self._headers(job),
+            "protocolVersion": int(job.incoming.get("protocolVersion") or 1),
+            "reboundIteration": iteration,
+            "reboundReason": _rebound_reason(event.payload),
+        }
         original = job.delivery.properties
         props = pika.BasicProperties(
             content_type=original.content_type or "application/json",
