@@ -240,3 +240,42 @@ def test_a_rebounded_copy_is_processed_again_when_it_comes_back(broker: BrokerSa
     assert run_worker(broker, "rebound", cfg={}, tmp_path=tmp_path).returncode == 0
     (again,) = broker.take("rebound", 1)
     assert again.headers["reboundIteration"] == 2 and again.properties.expiration == "30000"
+
+
+def test_a_function_that_cannot_be_loaded_rejects_every_message_with_an_error_naming_why(
+    broker: BrokerSandbox, tmp_path: Path
+) -> None:
+    import os
+
+    comp = tmp_path / "comp"
+    comp.mkdir()
+    (comp / "component.json").write_text(
+        json.dumps({"title": "t", "actions": {"gone": {"main": "lib/gone.py", "metadata": {"in": {}}}}})
+    )
+    (tmp_path / "cfg.json").write_text("{}")
+    broker.publish_input({"body": {}})
+    broker.publish_input({"body": {}})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oarlock",
+            "run",
+            "--component",
+            str(comp),
+            "--cfg",
+            str(tmp_path / "cfg.json"),
+            "--burst",
+        ],
+        env={**os.environ, **broker.env("gone")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = broker.take("error", 2)
+    for error in errors:
+        decrypted = broker.cipher.decrypt(error.json()["error"].encode())
+        assert decrypted["name"] == "ComponentError" and "lib/gone.py does not exist" in decrypted["message"]
+    assert broker.count("in") == 0

@@ -151,6 +151,38 @@ class FunctionRunner:
         return result
 
 
+class UnloadableFunction:
+    """Stands in for a function whose component or module cannot be loaded.
+
+    As sailor does, the worker still consumes: every message gets an error event naming the
+    load problem and is rejected, so the platform sees why instead of a crash-looping container.
+    """
+
+    def __init__(self, error: ComponentError) -> None:
+        self.error = error
+
+    def init(self, cfg: dict[str, Any]) -> None:
+        log.error("the function cannot be loaded, every message will be rejected: %s", self.error)
+
+    def startup(self, cfg: dict[str, Any]) -> Any:
+        return None
+
+    def shutdown(self, cfg: dict[str, Any], data: Any) -> None:
+        return None
+
+    def call(
+        self,
+        message: Message,
+        cfg: Mapping[str, Any],
+        snapshot: Mapping[str, Any] | None = None,
+        sink: EventSink | None = None,
+    ) -> CallResult:
+        event = Event(EventName.ERROR, {"name": self.error.event_name, "message": str(self.error), "stack": ""})
+        if sink is not None:
+            sink(event)
+        return CallResult(events=[event], errored=True, snapshot=dict(snapshot or {}))
+
+
 def _apply(result: CallResult, event: Event) -> None:
     result.events.append(event)
     if event.name is EventName.ERROR:

@@ -10,7 +10,7 @@ from types import FrameType
 import click
 
 from oarlock import logs
-from oarlock.errors import ConfigurationError, TransportError
+from oarlock.errors import ComponentError, ConfigurationError, TransportError
 
 
 @click.command("run")
@@ -37,7 +37,7 @@ def run_command(
     from oarlock.component import Component
     from oarlock.credentials.manager import CredentialManager
     from oarlock.credentials.redact import register_secret
-    from oarlock.executor import FunctionRunner
+    from oarlock.executor import FunctionRunner, UnloadableFunction
     from oarlock.settings import Settings
     from oarlock.stepconfig import load_step_config
     from oarlock.worker import Worker
@@ -54,8 +54,14 @@ def run_command(
             from oarlock.keys.store import open_store
 
             coordinator = open_store(settings.keys_store)
-        component = Component.load(component_dir or settings.component_path or ".")
-        runner = FunctionRunner(component, settings.function, credentials=CredentialManager(coordinator=coordinator))
+        runner: FunctionRunner | UnloadableFunction
+        try:
+            component = Component.load(component_dir or settings.component_path or ".")
+            runner = FunctionRunner(
+                component, settings.function, credentials=CredentialManager(coordinator=coordinator)
+            )
+        except ComponentError as exc:
+            runner = UnloadableFunction(exc)
         worker = Worker(settings, runner, step, concurrency=concurrency, burst=burst, grace_seconds=grace)
     except ConfigurationError as exc:
         click.echo(f"oarlock: {exc}", err=True)

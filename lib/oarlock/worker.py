@@ -30,7 +30,7 @@ from oarlock.credentials.redact import redact, redact_text
 from oarlock.crypto import MessageCipher, dumps
 from oarlock.errors import DecodeError, EncodeError, OarlockError, PublishError, TransportError
 from oarlock.events import Event, EventName, error_payload
-from oarlock.executor import FunctionRunner
+from oarlock.executor import FunctionRunner, UnloadableFunction
 from oarlock.message import Message, new_id
 from oarlock.settings import Settings
 from oarlock.stepconfig import StepConfig
@@ -64,7 +64,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        runner: FunctionRunner,
+        runner: FunctionRunner | UnloadableFunction,
         step: StepConfig,
         *,
         concurrency: int | None = None,
