@@ -11,6 +11,7 @@ Two layers:
 
 from __future__ import annotations
 
+import collections
 import re
 import threading
 from collections.abc import Iterable
@@ -50,10 +51,16 @@ _JSON_SECRET_RE = re.compile(
 )
 
 
+_MAX_SECRETS = 5000
+
+
 class _Registry:
+    """The secret values seen, newest kept when there are more than ``_MAX_SECRETS`` (a long-running worker
+    sees a new token at every refresh of every account)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: set[str] = set()
+        self._values: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._pattern: re.Pattern[str] | None = None
 
     def add(self, value: Any) -> None:
@@ -61,8 +68,11 @@ class _Registry:
             return
         with self._lock:
             if value in self._values:
+                self._values.move_to_end(value)
                 return
-            self._values.add(value)
+            self._values[value] = None
+            while len(self._values) > _MAX_SECRETS:
+                self._values.popitem(last=False)
             ordered = sorted(self._values, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
 
