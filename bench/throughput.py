@@ -19,6 +19,7 @@ import resource
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,18 @@ def run_oarlock(
     return count / elapsed, max(peak, before) / 1024
 
 
+SAILOR_HEADERS = {
+    "execId": "exec-1",
+    "taskId": "flow-1",
+    "workspaceId": "workspace-1",
+    "containerId": "container-1",
+    "userId": "user-1",
+    "stepId": "step_1",
+    "compId": "comp-1",
+    "function": "passthrough",
+    "protocolVersion": 1,
+    "threadId": "6ce502d8-d335-43de-8390-f7fa5e155d93",
+}
 _FIXED: dict[str, float] = {}
 
 
@@ -119,8 +132,12 @@ def fixed_cost(broker: BrokerSandbox, function: str, cfg_path: Path, env: dict[s
     return _FIXED[function]
 
 
-def run_raw(broker: BrokerSandbox, count: int, *, prefetch: int) -> float:
-    """The ceiling: consume, publish, ack after the confirm, nothing else (SelectConnection, pipelined)."""
+def run_raw(broker: BrokerSandbox, count: int, *, prefetch: int, sailor_work: bool = False) -> float:
+    """The ceiling: consume, publish, ack after the confirm, nothing else (SelectConnection, pipelined).
+
+    With ``sailor_work`` the same loop also does what the wire contract requires of any runtime:
+    decrypt, re-encrypt, and publish with sailor's header set (still no function, no threads).
+    """
     state: dict[str, Any] = {"acked": 0, "next_tag": 0, "pending": {}}
     params = pika.URLParameters(broker.amqp_uri)
 
@@ -137,6 +154,19 @@ def run_raw(broker: BrokerSandbox, count: int, *, prefetch: int) -> float:
         channel.basic_consume(broker.input_queue, on_message)
 
     def on_message(channel: Any, method: Any, props: Any, body: bytes) -> None:
+        if sailor_work:
+            message = broker.cipher.decrypt(body, 1)
+            headers = {
+                **SAILOR_HEADERS,
+                "messageId": str(uuid.uuid4()),
+                "parentMessageId": props.headers["messageId"],
+                "start": int(time.time() * 1000),
+                "end": int(time.time() * 1000),
+            }
+            body = broker.cipher.encrypt(message, 1)
+            props = pika.BasicProperties(
+                content_type="application/json", content_encoding="utf8", headers=headers, delivery_mode=1
+            )
         channel.basic_publish(broker.exchange, broker.routing_keys["data"], body, props, mandatory=True)
         state["next_tag"] += 1
         state["pending"][state["next_tag"]] = method.delivery_tag
@@ -194,6 +224,8 @@ def main() -> None:
         prefill(broker, args.messages)
         raw = run_raw(broker, args.messages, prefetch=args.prefetch)
         prefill(broker, args.messages)
+        raw_sailor = run_raw(broker, args.messages, prefetch=args.prefetch, sailor_work=True)
+        prefill(broker, args.messages)
         rate, rss = run_oarlock(broker, "passthrough", args.messages, prefetch=args.prefetch, concurrency=args.prefetch)
         prefill(broker, args.messages)
         rate_1, rss_1 = run_oarlock(broker, "passthrough", args.messages, prefetch=args.prefetch, concurrency=1)
@@ -205,6 +237,7 @@ def main() -> None:
     print("| runner | msgs/s | peak RSS (MB) | ratio to raw pika |")
     print("| --- | ---: | ---: | ---: |")
     print(f"| raw pika (consume, publish, ack after confirm) | {raw:,.0f} | - | 1.00 |")
+    print(f"| raw pika + decrypt, encrypt, sailor headers | {raw_sailor:,.0f} | - | {raw_sailor / raw:.2f} |")
     print(f"| oarlock run, concurrency {args.prefetch} | {rate:,.0f} | {rss:.1f} | {rate / raw:.2f} |")
     print(f"| oarlock run, concurrency 1 | {rate_1:,.0f} | {rss_1:.1f} | {rate_1 / raw:.2f} |")
     counts = {1: max(40, args.io_messages // 10), 16: args.io_messages, 64: args.io_messages * 2}
