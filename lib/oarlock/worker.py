@@ -165,6 +165,9 @@ class Worker:
             job = self._process(delivery)
         except Exception:
             log.exception("unexpected failure while processing a delivery: it stays unsettled for redelivery")
+            message_id = (delivery.properties.headers or {}).get("messageId")
+            self._release(str(message_id) if message_id else None)
+            return
         if job is None:
             self._release(None)
             return
