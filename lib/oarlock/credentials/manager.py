@@ -85,6 +85,8 @@ class _AccountState:
     dead_until: float = 0.0
     dead_error: CredentialError | None = None
     immutable_logged: bool = False
+    #: the access token an API answered 401 to: nobody sends it again, callers wait for its refresh instead
+    rejected: str | None = None
 
 
 class CredentialManager:
@@ -380,9 +382,14 @@ class BoundCredential:
                 return self.manager.refresh(self, reason="always", started_at=started_at).access_token
             if mode == "auto" and self.manager.needs_refresh(state, self.settings, self.manager.clock()):
                 return self.manager.refresh(self, reason="proactive").access_token
+            token = self.current_token()
+            if token is not None and token == state.rejected:
+                return self.refresh_after_401(token)  # joins the refresh another call started
+            return token
         return self.current_token()
 
     def refresh_after_401(self, used_token: str | None) -> str | None:
+        self.manager._state(self.account, self.cfg_oauth).rejected = used_token
         return self.manager.refresh(self, reason="401", used_token=used_token).access_token
 
     def access_token(self) -> str:
