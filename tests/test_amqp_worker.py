@@ -279,3 +279,12 @@ def test_a_function_that_cannot_be_loaded_rejects_every_message_with_an_error_na
         decrypted = broker.cipher.decrypt(error.json()["error"].encode())
         assert decrypted["name"] == "ComponentError" and "lib/gone.py does not exist" in decrypted["message"]
     assert broker.count("in") == 0
+
+
+def test_an_empty_crypto_password_means_plaintext_messages(tmp_path: Path) -> None:
+    with BrokerSandbox(password=None, iv=None) as plain:
+        plain.publish_input({"body": {"clear": True}})
+        done = run_worker(plain, "echo", cfg={}, tmp_path=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (data,) = plain.take("data", 1)
+        assert json.loads(data.body)["body"] == {"echo": {"clear": True}}

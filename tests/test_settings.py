@@ -93,3 +93,8 @@ def test_oarlock_run_without_required_variables_exits_2_naming_the_first() -> No
     done = run_cli(["run", "--component", str(TEST_COMPONENTS / "amqp")], env={k: "" for k in env()})
     assert done.returncode == 2 and "ELASTICIO_FLOW_ID is required but not set" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_crypto_pair_must_be_present_but_may_be_empty() -> None:
+    settings = Settings.from_env(env(ELASTICIO_MESSAGE_CRYPTO_PASSWORD="", ELASTICIO_MESSAGE_CRYPTO_IV=""))
+    assert settings.message_crypto_password is None and settings.message_crypto_iv is None

@@ -26,6 +26,7 @@ ALWAYS_REQUIRED = (
     "FUNCTION",
 )
 API_REQUIRED = ("API_URI", "API_USERNAME", "API_KEY")
+CRYPTO = ("MESSAGE_CRYPTO_IV", "MESSAGE_CRYPTO_PASSWORD")
 MESSAGING_REQUIRED = (
     "AMQP_URI",
     "LISTEN_MESSAGES_ON",
@@ -107,7 +108,8 @@ class Settings:
     def from_env(cls, env: Mapping[str, str], *, api_optional: bool = False) -> Settings:
         def need(name: str) -> str:
             value = env.get(PREFIX + name)
-            if value is None or value == "":
+            # the crypto pair must be present, but may be empty: no password means plaintext (PROTOCOL.md §4)
+            if value is None or (value == "" and name not in CRYPTO):
                 raise EnvironmentConfigError(f"{PREFIX}{name} is required but not set")
             return value
 
@@ -148,8 +150,8 @@ class Settings:
             error_routing_key=values["error_routing_key"],
             rebound_routing_key=values["rebound_routing_key"],
             snapshot_routing_key=values["snapshot_routing_key"],
-            message_crypto_iv=values["message_crypto_iv"],
-            message_crypto_password=values["message_crypto_password"],
+            message_crypto_iv=values["message_crypto_iv"] or None,
+            message_crypto_password=values["message_crypto_password"] or None,
             update_keys_routing_key=env.get(PREFIX + "UPDATE_KEYS_ROUTING_KEY") or "updateKeys",
             update_keys_via_api=_bool(env, "UPDATE_KEYS_VIA_API", False),
             rebound_initial_expiration=_int(env, "REBOUND_INITIAL_EXPIRATION", 15000),
