@@ -7,10 +7,12 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import cast
 
 import click
 
 from oarlock.devprovider.server import DevProvider
+from oarlock.devprovider.state import Rotation
 
 
 @click.command("dev-provider")
@@ -26,6 +28,7 @@ from oarlock.devprovider.server import DevProvider
 @click.option("--rate-limit", default=0.0, show_default=True, help="At most N token requests per second (429).")
 @click.option("--retry-after", default=1.0, show_default=True, help="Retry-After seconds sent with a 429.")
 @click.option("--latency-ms", default=0.0, show_default=True, help="Added to every /api call.")
+@click.option("--token-latency-ms", default=0.0, show_default=True, help="Added to every /token call.")
 @click.option("--client-id", default="oarlock-dev", show_default=True)
 @click.option("--client-secret", default="oarlock-dev-secret", show_default=True)
 @click.option("--mint-to", type=click.Path(dir_okay=False), help="Write a ready oarlock cfg with a live token here.")
@@ -43,6 +46,7 @@ def dev_provider_command(
     rate_limit: float,
     retry_after: float,
     latency_ms: float,
+    token_latency_ms: float,
     client_id: str,
     client_secret: str,
     mint_to: str | None,
@@ -54,7 +58,7 @@ def dev_provider_command(
         port=port,
         log_requests=log_requests,
         ttl=ttl,
-        rotation=rotation,
+        rotation=cast(Rotation, rotation),
         expires_in=not no_expires_in,
         expires_in_as_string=expires_in_as_string,
         omit_refresh_token=omit_refresh_token,
@@ -63,16 +67,35 @@ def dev_provider_command(
         rate_limit=rate_limit,
         retry_after=retry_after,
         latency_ms=latency_ms,
+        token_latency_ms=token_latency_ms,
         client_id=client_id,
         client_secret=client_secret,
     )
+
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
+        provider.stop()
+
+    # installed before anything is printed: a supervisor may signal as soon as it reads the line
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         provider.start()
     except OSError as exc:
         click.echo(f"oarlock: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
         sys.exit(2)
+    if stopping:  # signalled while binding
+        provider.stop()
+        return
     if mint_to:
-        Path(mint_to).write_text(json.dumps(provider.cfg(account="dev-user-1"), indent=2) + "\n")
+        try:
+            Path(mint_to).write_text(json.dumps(provider.cfg(account="dev-user-1"), indent=2) + "\n")
+        except OSError as exc:
+            provider.stop()
+            click.echo(f"oarlock: cannot write {mint_to}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
     line = {
         "url": provider.url,
         "token_url": provider.token_url,
@@ -81,11 +104,4 @@ def dev_provider_command(
     }
     click.echo(json.dumps(line))
     sys.stdout.flush()
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        provider.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     provider.serve_forever()
-    sys.exit(0)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
+import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from oarlock.devprovider.state import AccessToken, ProviderState, Settings, TokenError
+from oarlock.devprovider.state import AccessToken, ProviderState, Rotation, Settings, TokenError
 
 MAINTENANCE_PAGE = b"<html><body><h1>503 Service Unavailable</h1><p>try again later</p></body></html>"
 
@@ -23,10 +26,38 @@ class _Server(ThreadingHTTPServer):
     state: ProviderState
     log_requests: bool
 
+    def server_bind(self) -> None:
+        self.open_connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().server_bind()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.open_connections.add(request)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            with self.connections_lock:
+                self.open_connections.discard(request)
+
+    def close_open_connections(self) -> None:
+        """End keep-alive connections too, so a stopped provider really stops answering."""
+        with self.connections_lock:
+            connections = list(self.open_connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet: a client that hangs up mid-answer is not news (and a traceback could quote a request)."""
+        if self.log_requests:
+            print(f"dev provider: error while answering: {type(sys.exc_info()[1]).__name__}", file=sys.stderr)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    _cached_body: bytes | None = None
     # headers and body go out in two writes: without this, Nagle + delayed ACK stall keep-alive clients 40 ms
     disable_nagle_algorithm = True
 
@@ -36,17 +67,25 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.state
 
     def log_message(self, format: str, *args: Any) -> None:
-        if self.server.log_requests:
-            super().log_message(format, *args)
+        """Silent: the standard messages may quote a whole request line."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         if self.server.log_requests:
             path = urlsplit(self.path).path  # never the query: it may carry a code
-            self.log_message('"%s %s" %s', self.command, path, code)
+            status = code.value if hasattr(code, "value") else code
+            print(f"{self.command} {path} {status}", file=sys.stderr, flush=True)
 
     def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        """The request body, read once (every request's body is drained so keep-alive stays in step)."""
+        cached = self._cached_body
+        if cached is None:
+            length = int(self.headers.get("Content-Length") or 0)
+            cached = self.rfile.read(length) if length > 0 else b""
+            self._cached_body = cached
+        return cached
+
+    def _form(self) -> dict[str, str]:
+        return {k: v[-1] for k, v in parse_qs(self._body().decode("utf-8", "replace")).items()}
 
     def _send(
         self,
@@ -91,6 +130,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._route("DELETE")
 
     def _route(self, method: str) -> None:
+        self._cached_body = None
+        try:
+            self._body()
+        except ValueError:
+            self.close_connection = True
+            return self._send(400, {"error": "invalid_request", "error_description": "bad Content-Length"})
+        try:
+            self._dispatch(method)
+        except (ConnectionError, TimeoutError):
+            raise
+        except Exception as exc:  # a bug here must answer, not hang the client
+            self.close_connection = True
+            self._send(500, {"error": "server_error", "error_description": type(exc).__name__})
+
+    def _dispatch(self, method: str) -> None:
         parts = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         route = (method, parts.path.rstrip("/") or "/")
@@ -107,9 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
             data = self._json_body() or {}
             return self._send(200, {"revoked": self.state.revoke(data.get("subject"))})
         if route == ("POST", "/revoke"):
-            form = {k: v[-1] for k, v in parse_qs(self._body().decode("utf-8", "replace")).items()}
-            self.state.revoke_token(form.get("token", ""))
-            return self._send(200, {})
+            return self._revoke_one()
         if parts.path.startswith("/api/"):
             return self._api(method, parts.path, query)
         self._send(404, {"error": "not_found", "path": parts.path})
@@ -135,17 +187,27 @@ class _Handler(BaseHTTPRequestHandler):
             except (binascii.Error, UnicodeDecodeError):
                 return None, None
             client_id, _, secret = decoded.partition(":")
-            return unquote(client_id), unquote(secret)  # RFC 6749 2.3.1 form-encoding, read leniently
+            return unquote(client_id), unquote(secret)  # RFC 6749 2.3.1 form-encoding, read leniently (a raw + stays +)
         return form.get("client_id"), form.get("client_secret")
 
+    def _revoke_one(self) -> None:
+        """RFC 7009: the client authenticates; the answer is 200 whether or not the token was known."""
+        form = self._form()
+        try:
+            self.state.check_client(*self._client(form))
+        except TokenError as exc:
+            return self._send(exc.status, {"error": exc.error, "error_description": exc.description})
+        self.state.revoke_token(form.get("token", ""))
+        self._send(200, {})
+
     def _token(self) -> None:
-        form = {k: v[-1] for k, v in parse_qs(self._body().decode("utf-8", "replace")).items()}
+        form = self._form()
         grant = form.get("grant_type", "")
         state = self.state
-        if state.settings.token_latency_ms:
-            time.sleep(state.settings.token_latency_ms / 1000)
         refusal = state.enter_token_call(grant)
         try:
+            if state.settings.token_latency_ms:  # inside the call, so max_concurrent_token_calls sees overlaps
+                time.sleep(state.settings.token_latency_ms / 1000)
             if refusal is not None:
                 status, retry_after = refusal
                 if status == 503:
@@ -153,9 +215,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(
                     429,
                     {"error": "rate_limited", "error_description": "slow down"},
-                    headers={"Retry-After": str(max(1, round(retry_after)))},
+                    headers={"Retry-After": str(int(retry_after))},
                 )
             state.check_client(*self._client(form))
+            if not grant:
+                raise TokenError(400, "invalid_request", "grant_type is missing")
             if grant == "refresh_token":
                 response = state.grant_refresh(form.get("refresh_token"), form.get("scope"))
             elif grant == "client_credentials":
@@ -178,7 +242,6 @@ class _Handler(BaseHTTPRequestHandler):
         token = self.state.authorize(self.headers.get("Authorization"))
         if not isinstance(token, AccessToken):
             challenge = f'Bearer error="invalid_token", error_description="{token}"'
-            self._body()
             return self._send(
                 401, {"error": "invalid_token", "error_description": token}, headers={"WWW-Authenticate": challenge}
             )
@@ -195,16 +258,51 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(data, dict):
                 return self._send(400, {"error": "the body must be a JSON object"})
             return self._send(201, self.state.add_item(data))
-        self._body()
         self._send(404, {"error": "not_found", "path": path})
 
 
 class DevProvider:
     """A real local OAuth2 authorization server plus a protected API, on 127.0.0.1."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, log_requests: bool = False, **options: Any) -> None:
-        extra = options.pop("extra_fields", None) or {}
-        self.settings = Settings(**options, extra_fields=dict(extra))
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ttl: float = 3600,
+        rotation: Rotation = "none",
+        expires_in: bool = True,
+        expires_in_as_string: bool = False,
+        omit_refresh_token: bool = False,
+        fail_first: int = 0,
+        throttle_first: int = 0,
+        rate_limit: float = 0,
+        retry_after: float = 1,
+        latency_ms: float = 0,
+        token_latency_ms: float = 0,
+        client_id: str = "oarlock-dev",
+        client_secret: str = "oarlock-dev-secret",
+        extra_fields: dict[str, Any] | None = None,
+        log_requests: bool = False,
+    ) -> None:
+        if rotation not in ("none", "rotate", "single-use"):
+            raise ValueError(f"rotation must be none, rotate or single-use, not {rotation!r}")
+        self.settings = Settings(
+            ttl=ttl,
+            rotation=rotation,
+            expires_in=expires_in,
+            expires_in_as_string=expires_in_as_string,
+            omit_refresh_token=omit_refresh_token,
+            fail_first=fail_first,
+            throttle_first=throttle_first,
+            rate_limit=rate_limit,
+            retry_after=retry_after,
+            latency_ms=latency_ms,
+            token_latency_ms=token_latency_ms,
+            client_id=client_id,
+            client_secret=client_secret,
+            extra_fields=dict(extra_fields or {}),
+        )
         self.state = ProviderState(self.settings)
         self._host, self._port, self._log_requests = host, port, log_requests
         self._server: _Server | None = None
@@ -216,15 +314,19 @@ class DevProvider:
         server.state = self.state
         server.log_requests = self._log_requests
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="oarlock-dev-provider", daemon=True)
+        self.state.instance_url = self.url
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="oarlock-dev-provider", daemon=True
+        )
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            server.close_open_connections()
 
     def serve_forever(self) -> None:
         """Block until stop() is called from another thread (or a signal handler)."""
@@ -284,8 +386,11 @@ class DevProvider:
         return self.state.revoke(subject)
 
     def configure(self, **changes: Any) -> None:
-        with self.state.lock:
-            for name, value in changes.items():
-                if not hasattr(self.settings, name):
-                    raise TypeError(f"unknown dev provider option {name!r}")
-                setattr(self.settings, name, value)
+        """Change constructor options at run time, e.g. ``configure(fail_first=3)`` (thread-safe)."""
+        if "log_requests" in changes:
+            self._log_requests = bool(changes.pop("log_requests"))
+            if self._server is not None:
+                self._server.log_requests = self._log_requests
+        if changes.get("rotation", "none") not in ("none", "rotate", "single-use"):
+            raise ValueError(f"rotation must be none, rotate or single-use, not {changes['rotation']!r}")
+        self.state.configure(changes)

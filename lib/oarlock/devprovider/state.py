@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 import time
@@ -66,8 +67,9 @@ class ProviderState:
         self.items: list[dict[str, Any]] = [
             {"id": i, "name": f"item {i}", "created": 1_700_000_000 + i} for i in range(1, 6)
         ]
-        self.window_start = 0.0
-        self.window_count = 0
+        self.instance_url = "http://127.0.0.1"  # the provider's own URL once it listens (Salesforce mode)
+        self.bucket: float | None = None  # rate limit: a token bucket holding up to max(1, rate) requests
+        self.bucket_time = 0.0
         self.concurrent_token_calls = 0
         self.reset_stats()
 
@@ -111,16 +113,27 @@ class ProviderState:
             if settings.throttle_first > 0:
                 settings.throttle_first -= 1
                 s["throttled"] += 1
-                return 429, settings.retry_after
+                return 429, math.ceil(settings.retry_after)
             if settings.rate_limit > 0:
-                now = time.monotonic()
-                if now - self.window_start >= 1:
-                    self.window_start, self.window_count = now, 0
-                self.window_count += 1
-                if self.window_count > settings.rate_limit:
+                wait = self._take_from_bucket(settings.rate_limit)
+                if wait > 0:
                     s["throttled"] += 1
-                    return 429, max(1.0, 1 - (now - self.window_start))
+                    return 429, max(1, math.ceil(wait))
             return None
+
+    def _take_from_bucket(self, rate: float) -> float:
+        """0 when a request may pass now, else the seconds until it may; lock must be held."""
+        capacity = max(1.0, rate)
+        now = time.monotonic()
+        if self.bucket is None:
+            self.bucket = capacity
+        else:
+            self.bucket = min(capacity, self.bucket + (now - self.bucket_time) * rate)
+        self.bucket_time = now
+        if self.bucket >= 1:
+            self.bucket -= 1
+            return 0
+        return (1 - self.bucket) / rate
 
     def leave_token_call(self) -> None:
         with self.lock:
@@ -148,14 +161,16 @@ class ProviderState:
             ttl = int(settings.ttl) if float(settings.ttl).is_integer() else settings.ttl
             response["expires_in"] = str(ttl) if settings.expires_in_as_string else ttl
         else:
-            response["instance_url"] = "https://dev-instance.example"
-            response["id"] = f"https://login.example/id/{subject}"
+            response["instance_url"] = self.instance_url
+            response["id"] = f"{self.instance_url}/id/{subject}"
             response["issued_at"] = str(int(now * 1000))
             response["signature"] = secrets.token_urlsafe(16)
         response.update(settings.extra_fields)
         return response
 
     def grant_refresh(self, token: str | None, scope: str | None) -> dict[str, Any]:
+        if not token:
+            raise TokenError(400, "invalid_request", "refresh_token is missing")
         with self.lock:
             record = self.refresh.get(token or "")
             if record is None or not record.alive:
@@ -186,6 +201,8 @@ class ProviderState:
         return code
 
     def redeem_code(self, code: str | None) -> dict[str, Any]:
+        if not code:
+            raise TokenError(400, "invalid_request", "code is missing")
         with self.lock:
             entry = self.codes.pop(code or "", None)
             if entry is None:
@@ -201,6 +218,16 @@ class ProviderState:
                     record.alive = False
                     count += 1
             return count
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        with self.lock:
+            unknown = sorted(name for name in changes if not hasattr(self.settings, name))
+            if unknown:
+                raise TypeError(f"unknown dev provider option(s): {', '.join(unknown)}")
+            for name, value in changes.items():
+                setattr(self.settings, name, dict(value or {}) if name == "extra_fields" else value)
+            if "rate_limit" in changes:
+                self.bucket = None
 
     def revoke_token(self, token: str) -> None:
         with self.lock:
