@@ -306,6 +306,7 @@ class DevProvider:
         self.state = ProviderState(self.settings)
         self._host, self._port, self._log_requests = host, port, log_requests
         self._server: _Server | None = None
+        self._address: str | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -314,7 +315,9 @@ class DevProvider:
         server.state = self.state
         server.log_requests = self._log_requests
         self._server = server
-        self.state.instance_url = self.url
+        host, port = server.server_address[:2]
+        self._address = f"http://{host!s}:{port}"  # kept after stop(): the address it had
+        self.state.instance_url = self._address
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="oarlock-dev-provider", daemon=True
         )
@@ -343,10 +346,9 @@ class DevProvider:
     # -- addresses -------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        if self._server is None:
+        if self._address is None:
             raise RuntimeError("the dev provider is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._address
 
     @property
     def token_url(self) -> str:
