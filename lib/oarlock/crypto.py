@@ -14,12 +14,11 @@ import hashlib
 import json
 from typing import Any
 
-from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from oarlock.errors import ConfigurationError, DecodeError
 
-_BLOCK_BITS = 128
+_BLOCK = 16
 
 
 def dumps(value: Any) -> str:
@@ -32,7 +31,7 @@ class MessageCipher:
 
     def __init__(self, password: str | None, iv: str | None) -> None:
         self._key: bytes | None = None
-        self._iv = b""
+        self._cipher: Cipher[modes.CBC] | None = None
         if password:
             if not iv:
                 raise ConfigurationError("ELASTICIO_MESSAGE_CRYPTO_IV is required when a crypto password is set")
@@ -40,7 +39,8 @@ class MessageCipher:
             if len(iv_bytes) != 16:
                 raise ConfigurationError(f"ELASTICIO_MESSAGE_CRYPTO_IV must be 16 bytes of UTF-8, got {len(iv_bytes)}")
             self._key = hashlib.sha256(password.encode("utf-8")).digest()
-            self._iv = iv_bytes
+            # one Cipher for the process: every encryptor()/decryptor() is a fresh context, safe across threads
+            self._cipher = Cipher(algorithms.AES(self._key), modes.CBC(iv_bytes))
 
     def __repr__(self) -> str:
         return f"MessageCipher(encrypted={self.enabled})"
@@ -55,12 +55,11 @@ class MessageCipher:
 
     def encrypt_text(self, text: str, protocol_version: int = 1) -> bytes:
         plain = text.encode("utf-8")
-        if self._key is None:
+        if self._cipher is None:
             return plain
-        padder = padding.PKCS7(_BLOCK_BITS).padder()
-        padded = padder.update(plain) + padder.finalize()
-        encryptor = Cipher(algorithms.AES(self._key), modes.CBC(self._iv)).encryptor()
-        raw = encryptor.update(padded) + encryptor.finalize()
+        pad = _BLOCK - len(plain) % _BLOCK  # PKCS#7: 1 to 16 bytes, each holding the count
+        encryptor = self._cipher.encryptor()
+        raw = encryptor.update(plain + bytes((pad,)) * pad) + encryptor.finalize()
         if protocol_version == 2:
             return raw
         return base64.b64encode(raw)
@@ -74,27 +73,25 @@ class MessageCipher:
             raise DecodeError(f"message is not valid JSON after decryption: {exc.args[0]}") from None
 
     def decrypt_text(self, body: bytes, protocol_version: int = 1) -> str:
-        if self._key is None:
+        if self._cipher is None:
             return _utf8(body, "message body")
         if protocol_version == 2:
             raw = bytes(body)
         else:
             try:
-                raw = base64.b64decode(bytes(body).strip(), validate=True)
+                raw = binascii.a2b_base64(body.strip(), strict_mode=True)
             except (binascii.Error, ValueError):
                 raise DecodeError("message body is not valid base64 (protocolVersion 1)") from None
-        if not raw or len(raw) % 16:
+        if not raw or len(raw) % _BLOCK:
             raise DecodeError(
                 f"ciphertext length {len(raw)} is not a positive multiple of 16: truncated or not encrypted"
             )
-        decryptor = Cipher(algorithms.AES(self._key), modes.CBC(self._iv)).decryptor()
+        decryptor = self._cipher.decryptor()
         padded = decryptor.update(raw) + decryptor.finalize()
-        unpadder = padding.PKCS7(_BLOCK_BITS).unpadder()
-        try:
-            plain = unpadder.update(padded) + unpadder.finalize()
-        except ValueError:
-            raise DecodeError("decryption failed (bad padding): wrong password or IV, or corrupted message") from None
-        return _utf8(plain, "decrypted message")
+        pad = padded[-1]
+        if not 1 <= pad <= _BLOCK or padded[-pad:] != bytes((pad,)) * pad:
+            raise DecodeError("decryption failed (bad padding): wrong password or IV, or corrupted message")
+        return _utf8(padded[:-pad], "decrypted message")
 
 
 def _utf8(data: bytes, what: str) -> str:

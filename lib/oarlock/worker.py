@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -23,7 +22,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-import pika
 import requests
 
 from oarlock.credentials.redact import redact, redact_text
@@ -35,6 +33,7 @@ from oarlock.message import Message, new_id
 from oarlock.settings import Settings
 from oarlock.stepconfig import StepConfig
 from oarlock.transport.amqp import AmqpTransport, Confirm, Delivery, now_ms, properties
+from oarlock.transport.fieldtable import FastProperties
 from oarlock.transport.headers import base_headers, routing_key_override
 
 log = logging.getLogger("oarlock.worker")
@@ -53,11 +52,11 @@ class _Job:
     message: Message | None = None
     confirms: list[Confirm] = field(default_factory=list)
     errored: bool = False
+    message_id: str | None = field(init=False)
 
-    @property
-    def message_id(self) -> str | None:
+    def __post_init__(self) -> None:
         value = self.incoming.get("messageId")
-        return str(value) if value else None
+        self.message_id = str(value) if value else None
 
 
 class Worker:
@@ -86,12 +85,21 @@ class Worker:
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="oarlock-fn")
         self._lock = threading.Lock()
         self._inflight = 0
-        self._active: dict[str, threading.Event] = {}
+        self._active: dict[str, threading.Event | None] = {}  # an Event only once a redelivered copy waits
         self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._stop = threading.Event()
         self._last_activity = time.monotonic()
         self.processed = 0
         self.startup_data: Any = None
+        self._publishers: dict[EventName, Callable[[_Job, Event], None]] = {
+            EventName.DATA: self._publish_data,
+            EventName.ERROR: self._publish_error,
+            EventName.REBOUND: self._publish_rebound,
+            EventName.SNAPSHOT: self._publish_snapshot,
+            EventName.UPDATE_SNAPSHOT: self._publish_snapshot,
+            EventName.UPDATE_KEYS: self._publish_update_keys,
+            EventName.HTTP_REPLY: self._publish_http_reply,
+        }
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -235,17 +243,18 @@ class Worker:
         if settle is not None:
             self._remember(job.message_id)
         self.processed += 1
-        log.info(
-            "message processed: %s",
-            settle or "left for redelivery",
-            extra={
-                "messageId": job.message_id,
-                "threadId": job.base.get("threadId"),
-                "stepId": self.settings.step_id,
-                "function": self.settings.function,
-                "duration_ms": round((time.monotonic() - started) * 1000, 2),
-            },
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "message processed: %s",
+                settle or "left for redelivery",
+                extra={
+                    "messageId": job.message_id,
+                    "threadId": job.base.get("threadId"),
+                    "stepId": self.settings.step_id,
+                    "function": self.settings.function,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                },
+            )
         self._release(job.message_id)
 
     def _release(self, message_id: str | None) -> None:
@@ -262,10 +271,12 @@ class Worker:
             with self._lock:
                 if redelivered and message_id in self._done:
                     return True
-                waiting = self._active.get(message_id)
-                if waiting is None or not redelivered:
-                    self._active.setdefault(message_id, threading.Event())
+                if not redelivered or message_id not in self._active:
+                    self._active.setdefault(message_id, None)
                     return False
+                waiting = self._active[message_id]
+                if waiting is None:
+                    waiting = self._active[message_id] = threading.Event()
             waiting.wait(CONFIRM_TIMEOUT)
 
     def _remember(self, message_id: str | None) -> None:
@@ -282,16 +293,7 @@ class Worker:
 
     # -- events -> AMQP ----------------------------------------------------------------------------
     def _emit(self, job: _Job, event: Event) -> None:
-        handlers: dict[EventName, Callable[[_Job, Event], None]] = {
-            EventName.DATA: self._publish_data,
-            EventName.ERROR: self._publish_error,
-            EventName.REBOUND: self._publish_rebound,
-            EventName.SNAPSHOT: self._publish_snapshot,
-            EventName.UPDATE_SNAPSHOT: self._publish_snapshot,
-            EventName.UPDATE_KEYS: self._publish_update_keys,
-            EventName.HTTP_REPLY: self._publish_http_reply,
-        }
-        handler = handlers.get(event.name)
+        handler = self._publishers.get(event.name)
         if handler is None:
             return
         try:
@@ -322,7 +324,10 @@ class Worker:
 
     def _publish_data(self, job: _Job, event: Event) -> None:
         # a shallow copy with its own headers: popping the routing-key header must not touch the function's object
-        message: Message = dataclasses.replace(event.payload, headers=dict(event.payload.headers))
+        emitted: Message = event.payload
+        message = Message(
+            emitted.body, dict(emitted.headers), emitted.attachments, emitted.id, emitted.passthrough, emitted.extra
+        )
         routing_key = routing_key_override(message.headers) or self.settings.data_routing_key
         if self.step.is_passthrough and job.message is not None:
             incoming = job.message.to_dict()
@@ -375,7 +380,7 @@ class Worker:
             "reboundReason": _rebound_reason(event.payload),
         }
         original = job.delivery.properties
-        props = pika.BasicProperties(
+        props = FastProperties(
             content_type=original.content_type or "application/json",
             content_encoding=original.content_encoding or "utf8",
             headers=headers,

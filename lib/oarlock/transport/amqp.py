@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pika
 import pika.channel
@@ -30,12 +30,16 @@ import pika.spec
 from pika.adapters.select_connection import IOLoop
 
 from oarlock.errors import PublishError, TransportError
+from oarlock.transport.acks import AckWindow
+from oarlock.transport.connection import CoalescingConnection
+from oarlock.transport.fieldtable import FastProperties
 
 log = logging.getLogger("oarlock.amqp")
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
+    """One message as the broker delivered it (cheap to build: one per message)."""
+
     generation: int
     delivery_tag: int
     properties: pika.spec.BasicProperties
@@ -96,6 +100,8 @@ class AmqpTransport:
         self._consume_channel: pika.channel.Channel | None = None
         self._publish_channel: pika.channel.Channel | None = None
         self._consumer_tag: str | None = None
+        self._acks = AckWindow()
+        self._ack_flush_scheduled = False
         self._queue: str | None = None
         self._prefetch = 1
         self._handler: DeliveryHandler | None = None
@@ -132,6 +138,7 @@ class AmqpTransport:
         self._closing = True
 
         def shut() -> None:
+            self._flush_acks()
             for conn in (self._consume_conn, self._publish_conn):
                 if conn is not None and conn.is_open:
                     conn.close()
@@ -168,14 +175,14 @@ class AmqpTransport:
             return
         self._ready.clear()
         self.generation += 1
-        self._consume_conn = pika.SelectConnection(
+        self._consume_conn = CoalescingConnection(
             self._params,
             on_open_callback=self._on_consume_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
             custom_ioloop=self._ioloop,
         )
-        self._publish_conn = pika.SelectConnection(
+        self._publish_conn = CoalescingConnection(
             self._params,
             on_open_callback=self._on_publish_open,
             on_open_error_callback=self._on_open_error,
@@ -222,6 +229,7 @@ class AmqpTransport:
 
     def _on_consume_channel(self, channel: pika.channel.Channel) -> None:
         self._consume_channel = channel
+        self._acks = AckWindow()  # delivery tags start again at 1 on a new channel
         channel.add_on_close_callback(self._on_channel_closed)
         self._check_ready()
 
@@ -277,7 +285,13 @@ class AmqpTransport:
     def _on_message(
         self, generation: int, method: pika.spec.Basic.Deliver, properties: pika.spec.BasicProperties, body: bytes
     ) -> None:
+        if generation != self.generation:
+            return  # a late delivery of a connection being replaced: the broker redelivers it
+        self._acks.delivered(method.delivery_tag)
         if self._handler is None:
+            self._acks.settled(method.delivery_tag)
+            if self._consume_channel is not None:
+                self._consume_channel.basic_reject(method.delivery_tag, requeue=True)
             return
         self._handler(
             Delivery(
@@ -333,9 +347,25 @@ class AmqpTransport:
             log.info("not settling delivery %s of a lost connection: the broker redelivers it", delivery.delivery_tag)
             return
         if ack:
-            channel.basic_ack(delivery.delivery_tag)
+            # acks of one turn of the loop leave together, as one multiple ack where the tags allow
+            self._acks.ready(delivery.delivery_tag)
+            if not self._ack_flush_scheduled:
+                self._ack_flush_scheduled = True
+                self._ioloop.call_later(0, self._flush_acks)
         else:
+            self._acks.settled(delivery.delivery_tag)
             channel.basic_reject(delivery.delivery_tag, requeue=requeue)
+
+    def _flush_acks(self) -> None:
+        self._ack_flush_scheduled = False
+        plan = self._acks.take()
+        channel = self._consume_channel
+        if not plan or channel is None or not channel.is_open:
+            return
+        if plan.through is not None:
+            channel.basic_ack(plan.through, multiple=True)
+        for tag in plan.singles:
+            channel.basic_ack(tag)
 
     # -- publishing --------------------------------------------------------------------------------
     def publish(self, exchange: str, routing_key: str, body: bytes, properties: pika.spec.BasicProperties) -> Confirm:
@@ -412,7 +442,7 @@ class AmqpTransport:
 
 
 def properties(headers: dict[str, Any], *, persistent: bool, expiration: str | None = None) -> pika.BasicProperties:
-    return pika.BasicProperties(
+    return FastProperties(
         content_type="application/json",
         content_encoding="utf8",
         headers=headers,

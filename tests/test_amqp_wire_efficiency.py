@@ -1,0 +1,248 @@
+"""The transport's shortcuts change how many frames and writes go out, never what is settled or sent."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+import pika.spec
+import pytest
+
+from oarlock.testing import BrokerSandbox
+from oarlock.transport.acks import AckWindow
+from oarlock.transport.connection import CoalescingConnection
+from oarlock.transport.fieldtable import FastProperties, encode_table
+from tests.test_amqp_resilience import start_worker, wait_for, write_cfg
+
+SAILOR_LIKE = {
+    "execId": "exec-1",
+    "taskId": "flow-1",
+    "workspaceId": "workspace-1",
+    "containerId": "container-1",
+    "userId": "user-1",
+    "stepId": "step_1",
+    "compId": "comp-1",
+    "function": "echo",
+    "start": 1_763_900_000_000,
+    "protocolVersion": 1,
+    "threadId": "6ce502d8-d335-43de-8390-f7fa5e155d93",
+    "parentMessageId": "m-1",
+    "messageId": "b3b9c3c6-3f5d-4a4e-9f0c-2f1d0e6b9a11",
+    "end": 1_763_900_000_001,
+}
+
+
+def pika_bytes(**props: Any) -> bytes:
+    return b"".join(pika.spec.BasicProperties(**props).encode())
+
+
+def fast_bytes(**props: Any) -> bytes:
+    return b"".join(FastProperties(**props).encode())
+
+
+# -- header encoding ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "headers",
+    [
+        SAILOR_LIKE,
+        {},
+        {"x-eio-meta-trace-id": "trace", "reply_to": "amq.gen-abc", "x-eio-routing-key": "custom"},
+        {"unicode": "grüße, 日本", "ключ": "значение"},
+        {"i32": 2**31 - 1, "i32min": -(2**31), "big": 2**31, "neg": -(2**31) - 1, "i64": 2**63 - 1, "zero": 0},
+        {"yes": True, "no": False, "none": None, "bytes": b"\x00\x01"},
+        {"nested": {"a": 1, "b": ["x", 2, {"c": None}]}, "list": [1, "two", True]},
+        {"decimal": decimal.Decimal("1.25"), "when": datetime.datetime(2026, 11, 23, tzinfo=datetime.UTC)},
+        {"k" * 255: "longest allowed name"},
+    ],
+)
+def test_fast_properties_encode_exactly_the_bytes_pika_does(headers: dict[str, Any]) -> None:
+    for props in (
+        {"content_type": "application/json", "content_encoding": "utf8", "headers": headers, "delivery_mode": 2},
+        {"content_type": "application/json", "headers": headers, "delivery_mode": 1, "expiration": "15000"},
+        {"headers": headers},
+    ):
+        assert fast_bytes(**props) == pika_bytes(**props)
+        assert fast_bytes(**props) == pika_bytes(**props)  # the second time from the remembered entries
+
+
+def test_remembered_header_entries_follow_changing_values_and_types() -> None:
+    sequence: list[Any] = ["a", "a", "b", 1, "1", True, 1, 2**40, None, "a", 7, 7]
+    for value in sequence:
+        table = {"changing": value, "constant": "same"}
+        assert fast_bytes(headers=table) == pika_bytes(headers=table), value
+
+
+def test_properties_oarlock_does_not_use_are_encoded_by_pika_itself() -> None:
+    props = {
+        "content_type": "application/json",
+        "headers": SAILOR_LIKE,
+        "priority": 3,
+        "correlation_id": "c",
+        "reply_to": "r",
+        "message_id": "m",
+        "timestamp": 1_700_000_000,
+        "type": "t",
+        "user_id": "guest",
+        "app_id": "a",
+        "cluster_id": "x",
+    }
+    assert fast_bytes(**props) == pika_bytes(**props)
+
+
+def test_a_header_name_over_255_bytes_fails_as_it_does_in_pika() -> None:
+    with pytest.raises(pika.exceptions.ShortStringTooLong):
+        encode_table({"k" * 256: "v"})
+    with pytest.raises(pika.exceptions.ShortStringTooLong):
+        pika_bytes(headers={"k" * 256: "v"})
+
+
+def test_a_header_value_pika_cannot_encode_fails_the_same_way() -> None:
+    with pytest.raises(pika.exceptions.UnsupportedAMQPFieldException):
+        encode_table({"float": 1.5})
+    with pytest.raises(pika.exceptions.UnsupportedAMQPFieldException):
+        pika_bytes(headers={"float": 1.5})
+
+
+def test_fast_properties_decode_back_to_the_same_headers() -> None:
+    encoded = fast_bytes(content_type="application/json", headers=SAILOR_LIKE, delivery_mode=2)
+    decoded = pika.spec.BasicProperties()
+    decoded.decode(encoded)
+    assert decoded.headers == SAILOR_LIKE
+    assert (decoded.content_type, decoded.delivery_mode) == ("application/json", 2)
+
+
+# -- ack window --------------------------------------------------------------------------------------
+def test_contiguous_ready_deliveries_are_acked_with_one_multiple_ack() -> None:
+    window = AckWindow()
+    for tag in range(1, 101):
+        window.delivered(tag)
+    for tag in range(1, 101):
+        window.ready(tag)
+    plan = window.take()
+    assert (plan.through, plan.singles) == (100, [])
+    assert len(window) == 0
+
+
+def test_ready_deliveries_behind_an_unfinished_one_are_acked_singly_and_never_the_unfinished_one() -> None:
+    window = AckWindow()
+    for tag in range(1, 6):
+        window.delivered(tag)
+    window.ready(1)
+    window.ready(3)
+    window.ready(5)
+    plan = window.take()
+    assert (plan.through, plan.singles) == (1, [3, 5])
+    window.settled(2)  # rejected
+    window.ready(4)
+    plan = window.take()
+    assert (plan.through, plan.singles) == (4, [])  # passes over the rejected 2 and the already acked 3
+    assert len(window) == 0
+    window.ready(5)  # a second ack of an acked delivery would close the channel: ignored
+    window.ready(99)  # so is a tag never delivered
+    assert not window.take()
+
+
+def test_a_delivery_tag_that_goes_backwards_is_refused() -> None:
+    window = AckWindow()
+    window.delivered(5)
+    with pytest.raises(ValueError, match="not above 5"):
+        window.delivered(5)
+
+
+def test_random_completion_orders_never_settle_an_unfinished_delivery_and_settle_every_finished_one() -> None:
+    rng = random.Random(20261123)
+    for _ in range(300):
+        window = AckWindow()
+        tags = list(range(1, rng.randint(2, 60)))
+        for tag in tags:
+            window.delivered(tag)
+        order = tags[:]
+        rng.shuffle(order)
+        finished: set[int] = set()
+        broker_settled: set[int] = set()  # what a broker would consider acked or rejected
+        for tag in order:
+            finished.add(tag)
+            if rng.random() < 0.1:
+                window.settled(tag)
+                broker_settled.add(tag)
+            else:
+                window.ready(tag)
+            if rng.random() < 0.5:
+                plan = window.take()
+                if plan.through is not None:
+                    broker_settled.update(t for t in tags if t <= plan.through)
+                broker_settled.update(plan.singles)
+                assert broker_settled <= finished, "an unfinished delivery was acked"
+        plan = window.take()
+        if plan.through is not None:
+            broker_settled.update(t for t in tags if t <= plan.through)
+        broker_settled.update(plan.singles)
+        assert broker_settled == set(tags)
+        assert len(window) == 0
+
+
+# -- coalesced writes --------------------------------------------------------------------------------
+class CountingConnection(CoalescingConnection):
+    writes = 0
+
+    def flush_outgoing(self) -> None:
+        if self._outgoing:
+            CountingConnection.writes += 1
+        super().flush_outgoing()
+
+
+@pytest.mark.amqp
+def test_what_one_turn_of_the_loop_publishes_leaves_in_one_write_in_order(broker: BrokerSandbox) -> None:
+    bodies = [f"message {n}".encode() for n in range(50)]
+    result: dict[str, Any] = {}
+
+    def on_open(connection: pika.SelectConnection) -> None:
+        connection.channel(on_open_callback=on_channel)
+
+    def on_channel(channel: Any) -> None:
+        before = CountingConnection.writes
+        for body in bodies:
+            channel.basic_publish("", broker.input_queue, body)
+        result["writes_before_flush"] = CountingConnection.writes - before
+        channel.connection.ioloop.call_later(0, lambda: count_and_close(channel, before))
+
+    def count_and_close(channel: Any, before: int) -> None:
+        result["writes"] = CountingConnection.writes - before
+        channel.connection.close()
+
+    connection = CountingConnection(
+        pika.URLParameters(broker.amqp_uri),
+        on_open_callback=on_open,
+        on_close_callback=lambda c, r: c.ioloop.stop(),
+    )
+    connection.ioloop.call_later(20, connection.ioloop.stop)
+    connection.ioloop.start()
+    assert result == {"writes_before_flush": 0, "writes": 1}
+    wait_for(lambda: broker.count("in") == 50, timeout=10)
+    got = [broker.channel.basic_get(broker.input_queue, auto_ack=True)[2] for _ in bodies]
+    assert got == bodies
+
+
+# -- no loss with batched acks ----------------------------------------------------------------------
+@pytest.mark.amqp
+def test_a_slow_first_message_is_not_acked_by_the_acks_of_the_later_ones(broker: BrokerSandbox, tmp_path: Path) -> None:
+    broker.publish_input({"body": {"n": 0, "sleep": 30}})
+    for n in range(1, 41):
+        broker.publish_input({"body": {"n": n, "sleep": 0}})
+    env = {"ELASTICIO_RABBITMQ_PREFETCH_SAILOR": "50"}
+    worker = start_worker(broker, "slow", write_cfg(tmp_path, {}), "--concurrency", "4", env=env)
+    wait_for(lambda: broker.count("data") >= 40, timeout=60)
+    time.sleep(0.3)  # the acks of the 40 leave
+    worker.signal(signal.SIGKILL)
+    worker.wait(10)
+    wait_for(lambda: broker.count("in") == 1, timeout=20)  # the slow one comes back, nothing else
+    method, _props, body = broker.channel.basic_get(broker.input_queue, auto_ack=True)
+    assert method is not None and method.redelivered
+    assert broker.cipher.decrypt(body)["body"]["n"] == 0
