@@ -69,6 +69,7 @@ class FunctionRunner:
         self._refresh_hook = getattr(self.module, "refresh_credentials", None)
         self._params = _positional_count(self._process)
         self.logger = logging.getLogger(f"oarlock.component.{function}")
+        self._registered_cfg: Mapping[str, Any] | None = None
 
     # -- lifecycle hooks --------------------------------------------------------------------------
     def init(self, cfg: dict[str, Any]) -> None:
@@ -99,7 +100,9 @@ class FunctionRunner:
         if self._has_oauth2_defaults and isinstance(prepared.get("oauth"), dict):
             defaults = self.component.oauth2_settings({**prepared, **self._env})
             prepared["oauth2"] = {**defaults, **(prepared.get("oauth2") or {})}
-        register_credential(prepared)
+        if cfg is not self._registered_cfg:  # a worker passes the same cfg for every message: its secrets once
+            register_credential(prepared)
+            self._registered_cfg = cfg
         return prepared
 
     # -- one call ----------------------------------------------------------------------------------
@@ -112,7 +115,7 @@ class FunctionRunner:
     ) -> CallResult:
         """Run ``process`` for one message. Never raises for function errors: they become error events."""
         started = time.monotonic()
-        result = CallResult(snapshot=copy.deepcopy(dict(snapshot or {})))
+        result = CallResult(snapshot=copy.deepcopy(dict(snapshot)) if snapshot else {})
         lock = threading.Lock()
 
         def emit(name: str, payload: Any = None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,9 @@ _KNOWN_FIELDS = ("id", "body", "headers", "attachments", "passthrough")
 
 
 _ids = random.Random(os.urandom(32))
+# version 4 and the RFC 4122 variant, as uuid.UUID(int=..., version=4) sets them
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def new_id() -> str:
@@ -24,7 +26,8 @@ def new_id() -> str:
     Drawn from a seeded in-process generator rather than os.urandom: ids need uniqueness, not
     secrecy, and a syscall per id costs a GIL hand-off on every message of a busy worker.
     """
-    return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
+    digits = "%032x" % (_ids.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 @dataclass

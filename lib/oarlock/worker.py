@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from oarlock.stepconfig import StepConfig
 from oarlock.transport.amqp import AmqpTransport, Confirm, Delivery, now_ms, properties
 from oarlock.transport.fieldtable import FastProperties
 from oarlock.transport.headers import base_headers, routing_key_override
+from oarlock.workpool import WorkPool
 
 log = logging.getLogger("oarlock.worker")
 CONFIRM_TIMEOUT = 120.0
@@ -82,7 +82,7 @@ class Worker:
         self.transport = AmqpTransport(
             settings.amqp_uri, name=f"oarlock {settings.function} {settings.step_id} {settings.container_id}"
         )
-        self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="oarlock-fn")
+        self.pool: WorkPool[Delivery] = WorkPool(self.concurrency, self._handle, name="oarlock-fn")
         self._lock = threading.Lock()
         self._inflight = 0
         self._active: dict[str, threading.Event | None] = {}  # an Event only once a redelivered copy waits
@@ -147,7 +147,8 @@ class Worker:
                 if self._inflight == 0:
                     break
             time.sleep(0.05)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for _never_started in self.pool.shutdown():  # unsettled: the broker redelivers them after the close
+            self._release(None)
         if self.settings.hook_shutdown:
             try:
                 self.runner.shutdown(self.cfg, self.startup_data)
@@ -164,7 +165,7 @@ class Worker:
         with self._lock:
             self._inflight += 1
             self._last_activity = time.monotonic()
-        self.pool.submit(self._handle, delivery)
+        self.pool.submit(delivery)
 
     def _handle(self, delivery: Delivery) -> None:
         started = time.monotonic()

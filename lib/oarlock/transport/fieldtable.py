@@ -108,6 +108,14 @@ def _pika_entry(key: Any, value: Any) -> bytes:
 
 
 def _short_string(value: str | bytes) -> bytes:
-    pieces: list[bytes] = []
-    pika.data.encode_short_string(pieces, value)
-    return b"".join(pieces)
+    encoded = _short_strings.get(value)
+    if encoded is None:
+        pieces: list[bytes] = []
+        pika.data.encode_short_string(pieces, value)
+        encoded = b"".join(pieces)
+        if len(_short_strings) < _LAST_ENTRIES_MAX:
+            _short_strings[value] = encoded
+    return encoded
+
+
+_short_strings: dict[str | bytes, bytes] = {}  # content types, encodings, expirations: a handful of values

@@ -18,9 +18,9 @@ def thread_id(incoming: Mapping[str, Any]) -> str:
         value = incoming.get(name)
         if value:
             return str(value)
-    lowered = {str(k).lower(): v for k, v in incoming.items()}
-    if lowered.get("x-eio-meta-trace-id"):
-        return str(lowered["x-eio-meta-trace-id"])
+    for name, value in incoming.items():
+        if value and str(name).lower() == "x-eio-meta-trace-id":
+            return str(value)
     return new_id()
 
 
