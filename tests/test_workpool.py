@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -84,3 +85,56 @@ def test_shutdown_returns_the_items_never_started_and_refuses_new_ones() -> None
     release.set()
     with pytest.raises(RuntimeError, match="shut down"):
         pool.submit(9)
+
+
+def timer_schedule(delay: float, fn: Callable[[], None]) -> None:
+    timer = threading.Timer(delay, fn)
+    timer.daemon = True
+    timer.start()
+
+
+def run_all(pool: WorkPool[int], count: int, finished: list[int]) -> None:
+    for n in range(count):
+        pool.submit(n)
+    deadline = time.monotonic() + 60
+    while len(finished) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(finished) == list(range(count))
+
+
+def test_a_function_that_waits_gets_a_thread_for_every_waiting_item() -> None:
+    finished: list[int] = []
+    running = peak = 0
+    lock = threading.Lock()
+
+    def wait_on_io(item: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.2)
+        with lock:
+            running -= 1
+            finished.append(item)
+
+    pool: WorkPool[int] = WorkPool(16, wait_on_io, name="waits", schedule=timer_schedule)
+    run_all(pool, 64, finished)
+    assert pool.target == 16
+    assert peak == 16
+    pool.shutdown()
+
+
+def test_a_function_that_computes_keeps_to_few_threads() -> None:
+    finished: list[int] = []
+
+    def compute(item: int) -> None:
+        until = time.thread_time() + 0.001
+        while time.thread_time() < until:
+            pass
+        finished.append(item)
+
+    pool: WorkPool[int] = WorkPool(32, compute, name="computes", schedule=timer_schedule)
+    run_all(pool, 1500, finished)
+    print(f"threads started for a computing function: {pool.threads} of 32, target {pool.target}")
+    assert pool.threads <= 8
+    pool.shutdown()

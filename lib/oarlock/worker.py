@@ -82,7 +82,9 @@ class Worker:
         self.transport = AmqpTransport(
             settings.amqp_uri, name=f"oarlock {settings.function} {settings.step_id} {settings.container_id}"
         )
-        self.pool: WorkPool[Delivery] = WorkPool(self.concurrency, self._handle, name="oarlock-fn")
+        self.pool: WorkPool[Delivery] = WorkPool(
+            self.concurrency, self._handle, name="oarlock-fn", schedule=self.transport.call_later
+        )
         self._lock = threading.Lock()
         self._inflight = 0
         self._active: dict[str, threading.Event | None] = {}  # an Event only once a redelivered copy waits

@@ -163,6 +163,13 @@ class AmqpTransport:
             self._kicked = True
         self._ioloop.add_callback_threadsafe(self._drain_outbox)
 
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run fn on the I/O thread after ``delay`` seconds (any thread)."""
+        if threading.get_ident() == self._io_thread:
+            self._ioloop.call_later(delay, fn)
+        else:
+            self.call(lambda: self._ioloop.call_later(delay, fn))
+
     def _drain_outbox(self) -> None:
         with self._kick_lock:
             self._kicked = False
