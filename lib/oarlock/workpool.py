@@ -9,9 +9,10 @@ sleep, waiting items queue), and while items queue a check every ``interval`` mo
 
 * the process used less than ``grow_below`` of a CPU since the last check: the threads are
   mostly waiting, so ``target`` doubles at once;
-* otherwise ``target`` is probed: doubled, kept if items then finish at least ``gain`` times
-  faster, else put back and left alone for ``hold`` seconds (a saturated interpreter gains
-  nothing from more threads; a function half waiting, half computing may).
+* otherwise ``target`` is probed, once every ``hold`` seconds, up and down in turn: doubled
+  and kept only if items then finish at least ``gain`` times faster (a saturated interpreter
+  gains nothing from more threads; a function half waiting, half computing may), or halved
+  and kept if items finish nearly as fast (fewer threads doing the same work is better).
 
 Without a ``schedule`` function (no event loop to run the checks) every item gets a thread,
 up to ``size``.
@@ -44,7 +45,7 @@ class WorkPool(Generic[Item]):
         schedule: Schedule | None = None,
         interval: float = 0.01,
         grow_below: float = 0.5,
-        gain: float = 1.15,
+        gain: float = 1.25,
         hold: float = 1.0,
     ) -> None:
         self.size = max(1, size)
@@ -58,6 +59,7 @@ class WorkPool(Generic[Item]):
         self._window = _Window(time.monotonic(), 0)  # completions counted since, for probes
         self._probe: _Probe | None = None
         self._hold_until = 0.0
+        self._probe_up_next = True
         self._completed = 0
         self._wakeups: queue.SimpleQueue[Any] = queue.SimpleQueue()  # an item put here wakes an idle thread
         self._backlog: collections.deque[Item] = collections.deque()  # taken by threads already awake
@@ -112,21 +114,28 @@ class WorkPool(Generic[Item]):
             return
         window = self._window
         finished, elapsed = self._completed - window.completed, wall - window.started
-        if elapsed < 0.05 or (finished < 4 * self.target and elapsed < 0.25):
+        if elapsed < 0.1 or (finished < 4 * self.target and elapsed < 0.3):
             return  # too short a window to compare rates yet
         rate = finished / max(elapsed, 1e-6)
+        self._window = _Window(wall, self._completed)
         probe = self._probe
         if probe is not None:
             self._probe = None
-            if rate < probe.rate_before * self._gain:
+            kept = rate >= probe.rate_before * (self._gain if probe.up else 0.95)
+            if not kept:
                 self.target = probe.target_before
+            if not (kept and probe.up):  # a doubling that paid off is followed by the next one at once
                 self._hold_until = wall + self._hold
-            else:
-                self._window = _Window(wall, self._completed)
             return
-        if wall >= self._hold_until and self.target < self.size:
-            self._probe = _Probe(self.target, rate)
+        if wall < self._hold_until:
+            return
+        up = self.target == 1 or (self._probe_up_next and self.target < self.size)
+        self._probe_up_next = not up
+        self._probe = _Probe(self.target, rate, up)
+        if up:
             self._grow(wall)
+        else:
+            self.target = max(1, self.target // 2)
 
     def _grow(self, now: float) -> None:
         self.target = min(self.size, max(self.target * 2, self._running + 1))
@@ -196,3 +205,4 @@ class _Window:
 class _Probe:
     target_before: int
     rate_before: float
+    up: bool
