@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+DATA = REPO / "tests" / "data"  # the sailor vectors and the component.json corpus
 TEST_COMPONENTS = Path(__file__).resolve().parent / "components"
 
 

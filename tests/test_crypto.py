@@ -10,9 +10,9 @@ import pytest
 
 from oarlock.crypto import MessageCipher, dumps
 from oarlock.errors import ConfigurationError, DecodeError
-from tests.support import SHARED
+from tests.support import DATA
 
-VECTORS: list[dict[str, Any]] = json.loads((SHARED / "vectors" / "sailor-crypto.json").read_text())["cases"]
+VECTORS: list[dict[str, Any]] = json.loads((DATA / "vectors" / "sailor-crypto.json").read_text())["cases"]
 PASSWORD, IV = "testCryptoPassword", "iv=any16_symbols"
 
 

@@ -12,10 +12,10 @@ import pytest
 from oarlock.component import Component, schema_problems
 from oarlock.errors import ComponentError
 from oarlock.validate import validate
-from tests.support import SHARED, run_cli
+from tests.support import DATA, run_cli
 
-CORPUS = sorted((SHARED / "corpus" / "component-json").glob("*.component.json"))
-METADATA = SHARED / "corpus" / "component-json" / "metadata"
+CORPUS = sorted((DATA / "corpus" / "component-json").glob("*.component.json"))
+METADATA = DATA / "corpus" / "component-json" / "metadata"
 
 
 def make(tmp_path: Path, descriptor: Any, files: dict[str, str] | None = None) -> Path:
