@@ -11,30 +11,30 @@ import pytest
 from oarlock.workpool import WorkPool
 
 
+class Sleeper:
+    """A handler that sleeps per item, recording what finished and the most items held at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.finished: list[int] = []
+        self.running = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, item: int) -> None:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.running -= 1
+            self.finished.append(item)
+
+
 def test_every_item_is_handled_once_and_no_more_threads_than_the_size_run() -> None:
-    seen: list[int] = []
-    running = 0
-    peak = 0
-    lock = threading.Lock()
-
-    def handle(item: int) -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.002)
-        with lock:
-            running -= 1
-            seen.append(item)
-
-    pool: WorkPool[int] = WorkPool(4, handle, name="test")
-    for n in range(200):
-        pool.submit(n)
-    deadline = time.monotonic() + 10
-    while len(seen) < 200 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sorted(seen) == list(range(200))
-    assert peak <= 4
+    sleeper = Sleeper(0.002)
+    pool: WorkPool[int] = WorkPool(4, sleeper, name="test")
+    run_all(pool, 200, sleeper.finished)
+    assert sleeper.peak <= 4
     assert len([t for t in threading.enumerate() if t.name.startswith("test-")]) <= 4
     pool.shutdown()
 
@@ -103,24 +103,11 @@ def run_all(pool: WorkPool[int], count: int, finished: list[int]) -> None:
 
 
 def test_a_function_that_waits_gets_a_thread_for_every_waiting_item() -> None:
-    finished: list[int] = []
-    running = peak = 0
-    lock = threading.Lock()
-
-    def wait_on_io(item: int) -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.2)
-        with lock:
-            running -= 1
-            finished.append(item)
-
-    pool: WorkPool[int] = WorkPool(16, wait_on_io, name="waits", schedule=timer_schedule)
-    run_all(pool, 64, finished)
+    waits_on_io = Sleeper(0.2)
+    pool: WorkPool[int] = WorkPool(16, waits_on_io, name="waits", schedule=timer_schedule)
+    run_all(pool, 64, waits_on_io.finished)
     assert pool.target == 16
-    assert peak == 16
+    assert waits_on_io.peak == 16
     pool.shutdown()
 
 
