@@ -193,6 +193,7 @@ def test_sigterm_lets_in_flight_messages_finish_and_exits_0(broker: BrokerSandbo
     code, stderr = worker.wait(60)
     assert code == 0, stderr[-3000:]
     assert broker.count("data") == 6, "every in-flight message finished before the exit"
+    assert "6 of at most 6 function threads were needed" in stderr  # six waiting calls, six threads
     assert sorted(outputs(broker, 6)) == list(range(6))
     assert broker.count("in") == 0
 

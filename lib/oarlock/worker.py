@@ -157,7 +157,13 @@ class Worker:
             except OarlockError as exc:
                 log.error("%s", exc)
         self.transport.close()
-        log.info("worker stopped after %s messages", self.processed, extra=self._log_context())
+        log.info(
+            "worker stopped after %s messages (%s of at most %s function threads were needed)",
+            self.processed,
+            self.pool.threads,
+            self.concurrency,
+            extra=self._log_context(),
+        )
 
     def _log_context(self) -> dict[str, Any]:
         return {"stepId": self.settings.step_id, "function": self.settings.function}
