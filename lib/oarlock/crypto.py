@@ -30,7 +30,6 @@ class MessageCipher:
     """Encrypts and decrypts message contents; the password never appears in its repr or errors."""
 
     def __init__(self, password: str | None, iv: str | None) -> None:
-        self._key: bytes | None = None
         self._cipher: Cipher[modes.CBC] | None = None
         if password:
             if not iv:
@@ -38,16 +37,16 @@ class MessageCipher:
             iv_bytes = iv.encode("utf-8")
             if len(iv_bytes) != 16:
                 raise ConfigurationError(f"ELASTICIO_MESSAGE_CRYPTO_IV must be 16 bytes of UTF-8, got {len(iv_bytes)}")
-            self._key = hashlib.sha256(password.encode("utf-8")).digest()
+            key = hashlib.sha256(password.encode("utf-8")).digest()
             # one Cipher for the process: every encryptor()/decryptor() is a fresh context, safe across threads
-            self._cipher = Cipher(algorithms.AES(self._key), modes.CBC(iv_bytes))
+            self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv_bytes))
 
     def __repr__(self) -> str:
         return f"MessageCipher(encrypted={self.enabled})"
 
     @property
     def enabled(self) -> bool:
-        return self._key is not None
+        return self._cipher is not None
 
     def encrypt(self, value: Any, protocol_version: int = 1) -> bytes:
         """Encrypt a JSON value; returns the AMQP body for the protocol version."""
