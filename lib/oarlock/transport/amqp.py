@@ -31,8 +31,8 @@ from pika.adapters.select_connection import IOLoop
 
 from oarlock.errors import PublishError, TransportError
 from oarlock.transport.acks import AckWindow
-from oarlock.transport.connection import CoalescingConnection
 from oarlock.transport.fieldtable import FastProperties
+from oarlock.transport.hotpath import HotPathConnection
 
 log = logging.getLogger("oarlock.amqp")
 
@@ -95,8 +95,8 @@ class AmqpTransport:
         self._ioloop = IOLoop()
         self._thread: threading.Thread | None = None
         self._reconnect_max = reconnect_max_seconds
-        self._consume_conn: pika.SelectConnection | None = None
-        self._publish_conn: pika.SelectConnection | None = None
+        self._consume_conn: HotPathConnection | None = None
+        self._publish_conn: HotPathConnection | None = None
         self._consume_channel: pika.channel.Channel | None = None
         self._publish_channel: pika.channel.Channel | None = None
         self._consumer_tag: str | None = None
@@ -182,14 +182,14 @@ class AmqpTransport:
             return
         self._ready.clear()
         self.generation += 1
-        self._consume_conn = CoalescingConnection(
+        self._consume_conn = HotPathConnection(
             self._params,
             on_open_callback=self._on_consume_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
             custom_ioloop=self._ioloop,
         )
-        self._publish_conn = CoalescingConnection(
+        self._publish_conn = HotPathConnection(
             self._params,
             on_open_callback=self._on_publish_open,
             on_open_error_callback=self._on_open_error,
@@ -245,7 +245,9 @@ class AmqpTransport:
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         self._next_tag = 0
-        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._check_ready())
+        channel.confirm_delivery(self._on_confirm_frame, callback=lambda _frame: self._check_ready())
+        if self._publish_conn is not None:
+            self._publish_conn.listen_for_confirms(channel.channel_number, self._on_confirm)
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
         if self._closing:
@@ -380,14 +382,14 @@ class AmqpTransport:
         confirm = Confirm()
 
         def send() -> None:
-            channel = self._publish_channel
-            if channel is None or not channel.is_open or not self._ready.is_set():
+            channel, connection = self._publish_channel, self._publish_conn
+            if channel is None or connection is None or not channel.is_open or not self._ready.is_set():
                 self._waiting.append((send, confirm))
                 return
             self._next_tag += 1
             self._pending[self._next_tag] = _Pending(confirm, exchange, routing_key, body)
             try:
-                channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+                connection.publish(channel, exchange, routing_key, body, properties, mandatory=True)
             except pika.exceptions.AMQPError as exc:
                 self._pending.pop(self._next_tag, None)
                 confirm.resolve(TransportError(f"publish to {exchange}/{routing_key} failed: {exc!r}"))
@@ -432,12 +434,23 @@ class AmqpTransport:
                 )
                 return
 
-    def _on_confirm(self, frame: pika.frame.Method) -> None:
+    def _on_confirm_frame(self, frame: pika.frame.Method) -> None:
+        """Confirms that reach pika's own callbacks (the hot path hands the others to _on_confirm)."""
         method = frame.method
-        acked = isinstance(method, pika.spec.Basic.Ack)
-        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        self._on_confirm(method.delivery_tag, bool(method.multiple), isinstance(method, pika.spec.Basic.Ack))
+
+    def _on_confirm(self, delivery_tag: int, multiple: bool, acked: bool) -> None:
+        pending = self._pending
+        if multiple:  # publish tags were added in ascending order: the confirmed ones are at the front
+            tags = []
+            for tag in pending:
+                if tag > delivery_tag:
+                    break
+                tags.append(tag)
+        else:
+            tags = [delivery_tag]
         for tag in tags:
-            record = self._pending.pop(tag, None)
+            record = pending.pop(tag, None)
             if record is None:
                 continue
             if acked:
