@@ -175,6 +175,18 @@ class AmqpTransport:
             self._kicked = False
         while self._outbox:
             self._outbox.popleft()()
+        self._send_now()
+
+    def _send_now(self) -> None:
+        """Write pending acks and frames now rather than on the next turn of the loop.
+
+        Every turn of the loop is a system call, and while a function thread computes, the I/O
+        thread waits for the interpreter lock after each one: what is ready leaves at once.
+        """
+        self._flush_acks()
+        for connection in (self._publish_conn, self._consume_conn):
+            if connection is not None:
+                connection.flush_outgoing()
 
     # -- connections (I/O thread) ------------------------------------------------------------------
     def _connect(self) -> None:
@@ -196,6 +208,7 @@ class AmqpTransport:
             on_close_callback=self._on_closed,
             custom_ioloop=self._ioloop,
         )
+        self._consume_conn.after_read = self._publish_conn.after_read = self._send_now
 
     def _on_open_error(self, conn: pika.SelectConnection, error: BaseException | str) -> None:
         self.last_error = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)

@@ -41,6 +41,7 @@ _BASIC_ACK = struct.pack(">HH", 60, 80)
 _BASIC_NACK = struct.pack(">HH", 60, 120)
 _PUBLISH_FRAMES_MAX = 1024
 _INCOMPLETE = -1
+_RECV_BYTES = 256 * 1024
 # a delivery that does not fit in the buffer yet is waited for while it is this small; a larger one
 # goes through pika frame by frame (waiting would copy the growing buffer on every 4 KB read)
 _WAIT_FOR_DELIVERY_MAX = 64 * 1024
@@ -50,8 +51,18 @@ class HotPathConnection(CoalescingConnection):
     _confirm_listeners: dict[int, ConfirmListener] | None = None
     _publish_frames: dict[tuple[int, str, str, bool], bytes] | None = None
     _frame_buffer: bytes
+    after_read: Callable[[], None] | None = None
+    """Called once what one read brought has been handled (to send what it produced at once)."""
 
     # -- incoming ----------------------------------------------------------------------------------
+    def _proto_connection_made(self, transport: object) -> None:
+        # pika reads 4 KB per recv() and loops until the socket is drained; every system call lets
+        # a busy function thread take the interpreter lock, which the I/O thread then waits to get back
+        if hasattr(transport, "_MAX_RECV_BYTES") and hasattr(transport, "_MAX_CONSUME_BYTES"):
+            transport._MAX_RECV_BYTES = _RECV_BYTES
+            transport._MAX_CONSUME_BYTES = 1  # one recv() per readable event: the poller reports what is left
+        super()._proto_connection_made(transport)
+
     def listen_for_confirms(self, channel_number: int, listener: ConfirmListener) -> None:
         """Send this channel's publisher confirms to ``listener`` (after ``confirm_delivery``)."""
         if self._confirm_listeners is None:
@@ -71,17 +82,20 @@ class HotPathConnection(CoalescingConnection):
                     return
                 continue
             if taken == _INCOMPLETE and end - offset < _WAIT_FOR_DELIVERY_MAX:
-                break  # the rest of this delivery is in the next read (pika reads 4 KB at a time)
+                break  # the rest of this delivery is in the next read
             # any other frame, or the start of a large delivery, the way pika does it
-            self._frame_buffer = buffer[offset:] if offset else buffer
+            self._frame_buffer = buffer = buffer[offset:] if offset else buffer
+            offset = 0
             consumed, frame_value = self._read_frame()
             if not frame_value:
-                return
+                break
             self._trim_frame_buffer(consumed)
             self._process_frame(frame_value)
             buffer = self._frame_buffer
             offset, end = 0, len(buffer)
         self._frame_buffer = buffer[offset:] if offset else buffer
+        if self.after_read is not None:
+            self.after_read()
 
     def _take_delivery(self, buf: bytes, offset: int, end: int) -> int:
         """Hand one complete basic.deliver with its content to its consumer.
