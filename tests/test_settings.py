@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from oarlock.errors import EnvironmentConfigError
 from oarlock.settings import Settings, camel_case
 from oarlock.testing import BrokerSandbox
-from oarlock.transport.headers import base_headers, routing_key_override, thread_id
+from oarlock.transport.headers import OutgoingHeaders, base_headers, routing_key_override
 from tests.support import TEST_COMPONENTS, run_cli
 
 
@@ -79,9 +81,40 @@ def test_base_headers_carry_the_sailor_set_and_lower_cased_meta_headers() -> Non
 
 
 def test_thread_id_prefers_thread_id_then_trace_id_then_a_new_one() -> None:
+    template = OutgoingHeaders(Settings.from_env(env()))
+
+    def thread_id(incoming: dict[str, Any]) -> str:
+        return str(template.for_input(incoming, start_ms=1)["threadId"])
+
     assert thread_id({"threadId": "a", "x-eio-meta-trace-id": "b"}) == "a"
     assert thread_id({"X-EIO-META-TRACE-ID": "b"}) == "b"
-    assert len(thread_id({})) == 36
+    assert thread_id({"X-Eio-Meta-Trace-Id": "c", "x-eio-meta-trace-id": "b"}) == "b"  # the exact name first
+    assert thread_id({"threadId": "", "x-eio-meta-trace-id": "", "X-EIO-META-TRACE-ID": 7}) == "7"
+    assert len(thread_id({})) == 36 and thread_id({}) != thread_id({})
+
+
+def test_outgoing_headers_of_one_input_do_not_leak_into_the_next() -> None:
+    settings = Settings.from_env(env(ELASTICIO_ADDITIONAL_VARS_FOR_HEADERS="REGION", REGION="eu"))
+    template = OutgoingHeaders(settings)
+    first = template.for_input({"messageId": "m-1", "x-eio-meta-a": 1, "reply_to": "r"}, start_ms=1)
+    assert first["region"] == "eu" and first["parentMessageId"] == "m-1" and first["x-eio-meta-a"] == 1
+    first["messageId"] = "out-1"
+    second = template.for_input({}, start_ms=2)
+    assert "parentMessageId" not in second and "x-eio-meta-a" not in second and "reply_to" not in second
+    assert "messageId" not in second and second["start"] == 2
+    assert list(first)[:11] == [
+        "execId",
+        "taskId",
+        "workspaceId",
+        "containerId",
+        "userId",
+        "stepId",
+        "compId",
+        "function",
+        "start",
+        "protocolVersion",
+        "threadId",
+    ]
 
 
 def test_the_routing_key_override_is_popped_in_any_case() -> None:

@@ -33,7 +33,7 @@ from oarlock.settings import Settings
 from oarlock.stepconfig import StepConfig
 from oarlock.transport.amqp import AmqpTransport, Confirm, Delivery, now_ms, properties
 from oarlock.transport.fieldtable import FastProperties
-from oarlock.transport.headers import base_headers, routing_key_override
+from oarlock.transport.headers import OutgoingHeaders, routing_key_override
 from oarlock.workpool import WorkPool
 
 log = logging.getLogger("oarlock.worker")
@@ -76,6 +76,7 @@ class Worker:
         self.cfg = step.cfg
         self.snapshot: dict[str, Any] = dict(step.snapshot)
         self.cipher = MessageCipher(settings.message_crypto_password, settings.message_crypto_iv)
+        self._outgoing_headers = OutgoingHeaders(settings)
         self.concurrency = max(1, concurrency or settings.concurrency or settings.prefetch)
         self.burst = burst
         self.grace = settings.grace_seconds if grace_seconds is None else grace_seconds
@@ -194,7 +195,7 @@ class Worker:
     def _process(self, delivery: Delivery) -> _Job | None:
         """Decode and run the function (events are published as they come); None when already done."""
         incoming = dict(delivery.properties.headers or {})
-        job = _Job(delivery, incoming, base_headers(self.settings, incoming, start_ms=now_ms()))
+        job = _Job(delivery, incoming, self._outgoing_headers.for_input(incoming, start_ms=now_ms()))
         # only a broker redelivery can be a duplicate: distinct messages may share an id an upstream step chose
         if job.message_id and self._already_done(job.message_id, redelivered=delivery.redelivered):
             log.info(

@@ -10,44 +10,54 @@ from oarlock.settings import Settings
 
 ROUTING_KEY_HEADER = "x-eio-routing-key"
 META_PREFIX = "x-eio-meta-"
+TRACE_ID_HEADER = "x-eio-meta-trace-id"
 
 
-def thread_id(incoming: Mapping[str, Any]) -> str:
-    """The incoming threadId, else the incoming x-eio-meta-trace-id, else a new uuid4."""
-    for name in ("threadId", "x-eio-meta-trace-id"):
-        value = incoming.get(name)
-        if value:
-            return str(value)
-    for name, value in incoming.items():
-        if value and str(name).lower() == "x-eio-meta-trace-id":
-            return str(value)
-    return new_id()
+class OutgoingHeaders:
+    """The headers every outgoing message of one input carries; the step's own part worked out once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._step: dict[str, Any] = {
+            "execId": settings.exec_id,
+            "taskId": settings.flow_id,
+            "workspaceId": settings.workspace_id,
+            "containerId": settings.container_id,
+            "userId": settings.user_id,
+            "stepId": settings.step_id,
+            "compId": settings.comp_id,
+            "function": settings.function,
+        }
+        self._protocol_version = settings.protocol_version
+        self._additional = dict(settings.additional_headers)
+
+    def for_input(self, incoming: Mapping[str, Any], *, start_ms: int) -> dict[str, Any]:
+        headers = dict(self._step)
+        headers["start"] = start_ms
+        headers["protocolVersion"] = self._protocol_version
+        meta: list[tuple[str, Any]] = []
+        trace = None
+        for name, value in incoming.items():  # one pass: meta headers (any case) and the trace id among them
+            lowered = name.lower() if type(name) is str else str(name).lower()
+            if lowered.startswith(META_PREFIX):
+                meta.append((lowered, value))
+                if trace is None and value and lowered == TRACE_ID_HEADER:
+                    trace = value
+        thread = incoming.get("threadId") or incoming.get(TRACE_ID_HEADER) or trace
+        headers["threadId"] = str(thread) if thread else new_id()
+        if incoming.get("messageId"):
+            headers["parentMessageId"] = incoming["messageId"]
+        for name, value in meta:
+            headers[name] = value
+        if incoming.get("reply_to"):
+            headers["reply_to"] = incoming["reply_to"]
+        if self._additional:
+            headers.update(self._additional)
+        return headers
 
 
 def base_headers(settings: Settings, incoming: Mapping[str, Any], *, start_ms: int) -> dict[str, Any]:
     """The headers every outgoing message of one input carries."""
-    headers: dict[str, Any] = {
-        "execId": settings.exec_id,
-        "taskId": settings.flow_id,
-        "workspaceId": settings.workspace_id,
-        "containerId": settings.container_id,
-        "userId": settings.user_id,
-        "stepId": settings.step_id,
-        "compId": settings.comp_id,
-        "function": settings.function,
-        "start": start_ms,
-        "protocolVersion": settings.protocol_version,
-        "threadId": thread_id(incoming),
-    }
-    if incoming.get("messageId"):
-        headers["parentMessageId"] = incoming["messageId"]
-    for name, value in incoming.items():
-        if str(name).lower().startswith(META_PREFIX):
-            headers[str(name).lower()] = value
-    if incoming.get("reply_to"):
-        headers["reply_to"] = incoming["reply_to"]
-    headers.update(settings.additional_headers)
-    return headers
+    return OutgoingHeaders(settings).for_input(incoming, start_ms=start_ms)
 
 
 def routing_key_override(message_headers: dict[str, Any]) -> str | None:
