@@ -8,7 +8,6 @@ also collected in the :class:`CallResult`.
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import logging
 import os
@@ -25,6 +24,7 @@ from oarlock.credentials.redact import redact, redact_text, register_credential
 from oarlock.errors import ComponentError, OarlockError
 from oarlock.events import Event, EventName, EventSink, error_payload, normalise
 from oarlock.inputschema import InputValidator
+from oarlock.jsoncopy import copy_json
 from oarlock.message import Message
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class FunctionRunner:
     # -- cfg ---------------------------------------------------------------------------------------
     def prepare_cfg(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """A private copy of cfg with the newest known credential and component.json's oauth2 defaults."""
-        prepared = self.credentials.newest_cfg(dict(cfg)) if self.credentials else copy.deepcopy(dict(cfg))
+        prepared = self.credentials.newest_cfg(dict(cfg)) if self.credentials else copy_json(dict(cfg))
         if self._has_oauth2_defaults and isinstance(prepared.get("oauth"), dict):
             defaults = self.component.oauth2_settings({**prepared, **self._env})
             prepared["oauth2"] = {**defaults, **(prepared.get("oauth2") or {})}
@@ -115,7 +115,7 @@ class FunctionRunner:
     ) -> CallResult:
         """Run ``process`` for one message. Never raises for function errors: they become error events."""
         started = time.monotonic()
-        result = CallResult(snapshot=copy.deepcopy(dict(snapshot)) if snapshot else {})
+        result = CallResult(snapshot=copy_json(dict(snapshot)) if snapshot else {})
         lock = threading.Lock()
 
         def emit(name: str, payload: Any = None) -> None:

@@ -30,6 +30,7 @@ from oarlock.credentials.redact import register_credential
 from oarlock.credentials.refresher import TokenClient
 from oarlock.credentials.token import TokenSet
 from oarlock.errors import CredentialError, CredentialNeedsReauthorization, TokenEndpointError
+from oarlock.jsoncopy import copy_json
 
 log = logging.getLogger("oarlock.credentials")
 
@@ -146,13 +147,13 @@ class CredentialManager:
 
     def newest_cfg(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """A deep copy of cfg whose ``oauth`` is the newest token set this process knows for its account."""
-        out = copy.deepcopy(cfg)
+        out = copy_json(cfg)
         oauth = out.get("oauth")
         if not isinstance(oauth, dict):
             return out
         state = self._state(account_of(out), oauth)
         with state.lock:
-            out["oauth"] = copy.deepcopy(state.token.data)
+            out["oauth"] = copy_json(state.token.data)
         return out
 
     # -- what functions use ----------------------------------------------------------------------
