@@ -309,3 +309,29 @@ def test_publishing_on_a_closed_channel_raises_as_pika_does() -> None:
     with pytest.raises(pika.exceptions.ChannelWrongStateError):
         hot.publish(channel, "x", "k", b"{}", pika.BasicProperties())
     assert hot.written == []
+
+
+def test_after_read_runs_once_per_read_after_every_callback_of_it() -> None:
+    connection = RecordingHotPath()
+    seen: list[tuple[Any, ...]] = []
+    listen(connection, open_channel(connection), seen)
+    reads: list[int] = []
+    connection.after_read = lambda: reads.append(len(seen))
+    two = delivery_frames(1, b"{}", pika.BasicProperties()) + delivery_frames(2, b"{}", pika.BasicProperties())
+    confirm = pika.frame.Method(1, pika.spec.Basic.Ack(5, True)).marshal()
+    connection._on_data_available(two)
+    connection._on_data_available(confirm[:10])  # nothing complete: still a read
+    connection._on_data_available(confirm[10:])
+    assert reads == [2, 2, 3]
+
+
+def test_a_connected_socket_is_read_in_large_chunks_once_per_readiness_event() -> None:
+    class Transport:
+        _MAX_RECV_BYTES = 4096
+        _MAX_CONSUME_BYTES = 100 * 1024
+
+    connection, transport = RecordingHotPath(), Transport()
+    connection._on_stream_connected = lambda: None
+    connection._proto_connection_made(transport)
+    assert transport._MAX_RECV_BYTES >= 128 * 1024 and transport._MAX_CONSUME_BYTES == 1
+    assert connection._transport is transport
