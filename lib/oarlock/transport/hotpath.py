@@ -42,8 +42,8 @@ _BASIC_NACK = struct.pack(">HH", 60, 120)
 _PUBLISH_FRAMES_MAX = 1024
 _INCOMPLETE = -1
 _RECV_BYTES = 256 * 1024
-# a delivery that does not fit in the buffer yet is waited for while it is this small; a larger one
-# goes through pika frame by frame (waiting would copy the growing buffer on every 4 KB read)
+# a delivery that is not complete in the buffer yet is waited for while it is this small; a larger one
+# goes through pika frame by frame (waiting would copy the growing buffer on every read)
 _WAIT_FOR_DELIVERY_MAX = 64 * 1024
 
 
