@@ -335,3 +335,16 @@ def test_a_connected_socket_is_read_in_large_chunks_once_per_readiness_event() -
     connection._proto_connection_made(transport)
     assert transport._MAX_RECV_BYTES >= 128 * 1024 and transport._MAX_CONSUME_BYTES == 1
     assert connection._transport is transport
+
+
+def test_a_truncated_content_header_fails_exactly_as_it_does_in_pika() -> None:
+    deliver = pika.frame.Method(1, pika.spec.Basic.Deliver(CONSUMER_TAG, 1, False, "", "in")).marshal()
+    short_header = bytes((pika.spec.FRAME_HEADER,)) + (1).to_bytes(2, "big") + (2).to_bytes(4, "big") + b"\x00\x3c\xce"
+    failures = []
+    for connection in (RecordingPika(), RecordingHotPath()):
+        listen(connection, open_channel(connection), [])
+        try:
+            connection._on_data_available(deliver + short_header)
+        except Exception as exc:  # whatever pika's decoder raises, the hot path must raise the same
+            failures.append((type(exc), str(exc)))
+    assert len(failures) == 2 and failures[1] == failures[0]

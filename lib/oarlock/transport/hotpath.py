@@ -130,40 +130,24 @@ class HotPathConnection(CoalescingConnection):
             return 0
         # the content header
         header = method_end + 1
-        if end - header < 8:
-            return _INCOMPLETE
-        if buf[header] != _HEADER:
-            return 0
-        _, header_channel, size = _FRAME_HEADER.unpack_from(buf, header)
-        header_end = header + 7 + size
-        if header_channel != number or size < 14:
-            return 0
-        if header_end >= end:
-            return _INCOMPLETE
-        if buf[header_end] != _END:
+        header_end = _frame_end(buf, header, end, _HEADER, number)
+        if header_end <= 0:
+            return header_end
+        if header_end - header - 7 < 14:  # class, weight, body size, property flags
             return 0
         class_id, _, body_size = _CONTENT_HEADER.unpack_from(buf, header + 7)
         if class_id != 60:
             return 0
         # the body frames
         fragments: list[bytes] = []
-        pos = int(header_end) + 1
+        pos = header_end + 1
         seen = 0
         while seen < body_size:
-            if end - pos < 8:
-                return _INCOMPLETE
-            if buf[pos] != _BODY:
-                return 0
-            _, body_channel, size = _FRAME_HEADER.unpack_from(buf, pos)
-            body_end = pos + 7 + size
-            if body_channel != number:
-                return 0
-            if body_end >= end:
-                return _INCOMPLETE
-            if buf[body_end] != _END:
-                return 0
+            body_end = _frame_end(buf, pos, end, _BODY, number)
+            if body_end <= 0:
+                return body_end
             fragments.append(buf[pos + 7 : body_end])
-            seen += size
+            seen += body_end - pos - 7
             pos = body_end + 1
         if seen != body_size:
             return 0  # pika raises BodyTooLongError for this
@@ -234,6 +218,24 @@ class HotPathConnection(CoalescingConnection):
             if len(cache) < _PUBLISH_FRAMES_MAX:  # reply_to queues can be many: remember the first ones only
                 cache[key] = method
         return method
+
+
+def _frame_end(buf: bytes, pos: int, end: int, kind: int, channel: int) -> int:
+    """The offset of the end marker of a ``kind`` frame on ``channel`` at ``pos``.
+
+    _INCOMPLETE when the buffer ends inside the frame, 0 when it is another frame or malformed.
+    """
+    if end - pos < 8:
+        return _INCOMPLETE
+    if buf[pos] != kind:
+        return 0
+    _, number, size = _FRAME_HEADER.unpack_from(buf, pos)
+    if number != channel:
+        return 0
+    frame_end: int = pos + 7 + size
+    if frame_end >= end:
+        return _INCOMPLETE
+    return frame_end if buf[frame_end] == _END else 0
 
 
 def _short_string(buf: bytes, pos: int) -> tuple[str, int]:
