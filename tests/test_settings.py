@@ -9,7 +9,7 @@ import pytest
 from oarlock.errors import EnvironmentConfigError
 from oarlock.settings import Settings, camel_case
 from oarlock.testing import BrokerSandbox
-from oarlock.transport.headers import OutgoingHeaders, base_headers, routing_key_override
+from oarlock.transport.headers import OutgoingHeaders, routing_key_override
 from tests.support import TEST_COMPONENTS, run_cli
 
 
@@ -71,10 +71,10 @@ def test_secrets_are_not_in_the_settings_repr() -> None:
     assert "pw-secret-1" not in repr(settings) and "api-key-2" not in repr(settings)
 
 
-def test_base_headers_carry_the_sailor_set_and_lower_cased_meta_headers() -> None:
+def test_outgoing_headers_carry_the_sailor_set_and_lower_cased_meta_headers() -> None:
     settings = Settings.from_env(env())
-    headers = base_headers(
-        settings, {"messageId": "m-1", "X-EIO-META-Trace": "t", "reply_to": "r", "other": 1}, start_ms=123
+    headers = OutgoingHeaders(settings).for_input(
+        {"messageId": "m-1", "X-EIO-META-Trace": "t", "reply_to": "r", "other": 1}, start_ms=123
     )
     assert headers["parentMessageId"] == "m-1" and headers["x-eio-meta-trace"] == "t" and headers["reply_to"] == "r"
     assert headers["start"] == 123 and "other" not in headers and headers["taskId"] == "flow-1"

@@ -55,11 +55,6 @@ class OutgoingHeaders:
         return headers
 
 
-def base_headers(settings: Settings, incoming: Mapping[str, Any], *, start_ms: int) -> dict[str, Any]:
-    """The headers every outgoing message of one input carries."""
-    return OutgoingHeaders(settings).for_input(incoming, start_ms=start_ms)
-
-
 def routing_key_override(message_headers: dict[str, Any]) -> str | None:
     """Pop an ``x-eio-routing-key`` header (any case) from an emitted message's headers."""
     for name in list(message_headers):
