@@ -1,19 +1,23 @@
-"""Worker throughput: oarlock vs the raw pika ceiling, and an I/O-bound case. Prints a markdown table.
+"""Worker throughput: oarlock vs the raw pika ceiling, and an I/O-bound case. Prints markdown tables.
 
     .venv/bin/python bench/throughput.py [--messages 20000] [--prefetch 100] [--rounds 3]
 
-1. Prefill N encrypted 1 KB messages; run `oarlock run --burst` with a pass-through action,
-   prefetch 100, publisher confirms on; report msgs/s and the worker's peak RSS.
-2. The raw pika ceiling on the same queue shape: a minimal SelectConnection consumer that
-   publishes each message and acks it after the broker's confirm (no decryption, no function).
-   For context also: the same loop doing the wire contract's decrypt/encrypt/headers, and the
-   same loop using oarlock's transport techniques (coalesced writes, multiple acks).
-3. I/O-bound: an action making one call to the dev provider's API with 50 ms added latency,
-   at concurrency 1, 16 and 64.
+Two like-for-like pairs, each on 1 KB messages, prefetch 100, publisher confirms on:
+
+1. Plaintext (no ELASTICIO_MESSAGE_CRYPTO_PASSWORD: PROTOCOL.md §4 lets the JSON text pass):
+   the raw pika ceiling, a minimal SelectConnection consumer that publishes each message and
+   acks it after the broker's confirm, against `oarlock run --burst` with a pass-through action.
+2. Encrypted (sailor's AES scheme): the same raw loop also doing what the wire contract requires
+   of any runtime (decrypt, re-encrypt, publish with sailor's header set), against oarlock on the
+   same messages. oarlock's encrypted rate is also given against the bare ceiling of pair 1.
+
+For context: oarlock at concurrency 1, and the raw loop using oarlock's transport techniques
+(coalesced writes, multiple acks). Then the I/O-bound case: an action making one call to the dev
+provider's API with 50 ms added latency, at concurrency 1, 16 and 64.
 
 Every runner is measured ``--rounds`` times, the rounds interleaved (a 2-core machine's speed
-drifts by 20% from minute to minute); the table shows medians, and the ratio is also given
-per round (oarlock and raw pika measured back to back).
+drifts by 20% from minute to minute); the tables show medians, and each pair's ratio is also
+given per round (its two runners measured back to back).
 """
 
 from __future__ import annotations
@@ -44,12 +48,12 @@ def prefill(broker: BrokerSandbox, count: int, size: int = 1024) -> None:
     body = {"body": {"payload": "x" * (size - 60)}}
     connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_uri))
     channel = connection.channel()
-    encrypted = broker.cipher.encrypt(body)
+    content = broker.cipher.encrypt(body)  # plaintext JSON when the sandbox has no password
     for n in range(count):
         channel.basic_publish(
             "",
             broker.input_queue,
-            encrypted,
+            content,
             pika.BasicProperties(
                 content_type="application/json", headers={"messageId": f"m-{n}", "protocolVersion": 1}
             ),
@@ -234,17 +238,23 @@ def io_bound(counts: dict[int, int]) -> list[tuple[int, float]]:
 
 RUNNERS = {
     "raw": "raw pika (consume, publish, ack after confirm)",
+    "oarlock_plain": "oarlock run, concurrency {prefetch} (the default: the prefetch)",
     "raw_sailor": "raw pika + decrypt, encrypt, sailor headers",
-    "raw_tuned": "raw pika + coalesced writes, multiple acks",
     "oarlock": "oarlock run, concurrency {prefetch} (the default: the prefetch)",
     "oarlock_1": "oarlock run, concurrency 1",
+    "raw_tuned": "raw pika + coalesced writes, multiple acks",
 }
+PAIRS = {"plaintext": ("oarlock_plain", "raw"), "encrypted": ("oarlock", "raw_sailor")}
+ENCRYPTED = {"raw_sailor", "oarlock", "oarlock_1"}
 
 
-def one_round(broker: BrokerSandbox, messages: int, prefetch: int) -> dict[str, tuple[float, float]]:
-    """msgs/s and peak RSS (0 for the raw loops) of every runner, once."""
+def one_round(
+    plain: BrokerSandbox, encrypted: BrokerSandbox, messages: int, prefetch: int
+) -> dict[str, tuple[float, float]]:
+    """msgs/s and peak RSS (0 for the raw loops) of every runner, once, each pair back to back."""
     results: dict[str, tuple[float, float]] = {}
     for name in RUNNERS:
+        broker = encrypted if name in ENCRYPTED else plain
         prefill(broker, messages)
         if name.startswith("raw"):
             rate = run_raw(
@@ -257,6 +267,38 @@ def one_round(broker: BrokerSandbox, messages: int, prefetch: int) -> dict[str, 
     return results
 
 
+def print_throughput(rounds: list[dict[str, tuple[float, float]]], messages: int, prefetch: int) -> None:
+    median = {name: statistics.median(r[name][0] for r in rounds) for name in RUNNERS}
+    print(f"\n### Throughput, {messages} messages of 1 KB, prefetch {prefetch}, confirms on\n")
+    print(
+        f"(medians of {len(rounds)} interleaved rounds; oarlock rates exclude the fixed {_FIXED['passthrough']:.2f} s "
+        "of starting the process and detecting the empty queue, measured by a burst run over an empty queue)\n"
+    )
+    print("| messages | runner | msgs/s | peak RSS (MB) | ratio to its raw pika loop | ratio to bare raw pika |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for name, label in RUNNERS.items():
+        kind = "encrypted" if name in ENCRYPTED else "plaintext"
+        rss = f"{max(r[name][1] for r in rounds):.1f}" if name.startswith("oarlock") else "-"
+        own = "raw_sailor" if name in ENCRYPTED else "raw"
+        row = [kind, label.format(prefetch=prefetch), f"{median[name]:,.0f}", rss]
+        row += [f"{median[name] / median[own]:.2f}", f"{median[name] / median['raw']:.2f}"]
+        print("| " + " | ".join(row) + " |")
+    print()
+    for pair, (ours, theirs) in PAIRS.items():
+        per_round = [r[ours][0] / r[theirs][0] for r in rounds]
+        print(
+            f"{pair}: oarlock / raw pika per round {', '.join(f'{x:.2f}' for x in per_round)} "
+            f"(median {statistics.median(per_round):.2f})"
+        )
+    encrypted_to_bare = [r["oarlock"][0] / r["raw"][0] for r in rounds]
+    print(
+        f"encrypted oarlock / plaintext raw pika per round {', '.join(f'{x:.2f}' for x in encrypted_to_bare)} "
+        f"(median {statistics.median(encrypted_to_bare):.2f})"
+    )
+    peak_rss = max(r[name][1] for r in rounds for name in RUNNERS)
+    print(f"peak RSS of any oarlock run {peak_rss:.1f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
@@ -265,27 +307,10 @@ def main() -> None:
     parser.add_argument("--io-messages", type=int, default=400)
     args = parser.parse_args()
     rounds = []
-    with BrokerSandbox() as broker:
+    with BrokerSandbox(password=None, iv=None) as plain, BrokerSandbox() as encrypted:
         for _ in range(args.rounds):
-            rounds.append(one_round(broker, args.messages, args.prefetch))
-    median = {name: statistics.median(r[name][0] for r in rounds) for name in RUNNERS}
-    peak_rss = max(r[name][1] for r in rounds for name in RUNNERS)
-    raw = median["raw"]
-    print(f"\n### Throughput, {args.messages} messages of 1 KB, prefetch {args.prefetch}, confirms on\n")
-    print(
-        f"(medians of {args.rounds} interleaved rounds; oarlock rates exclude the fixed {_FIXED['passthrough']:.2f} s "
-        "of starting the process and detecting the empty queue, measured by a burst run over an empty queue)\n"
-    )
-    print("| runner | msgs/s | peak RSS (MB) | ratio to raw pika |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, label in RUNNERS.items():
-        rss = f"{max(r[name][1] for r in rounds):.1f}" if name.startswith("oarlock") else "-"
-        print(f"| {label.format(prefetch=args.prefetch)} | {median[name]:,.0f} | {rss} | {median[name] / raw:.2f} |")
-    per_round = [r["oarlock"][0] / r["raw"][0] for r in rounds]
-    print(
-        f"\noarlock/raw per round: {', '.join(f'{x:.2f}' for x in per_round)} "
-        f"(median {statistics.median(per_round):.2f}); peak RSS of any oarlock run {peak_rss:.1f} MB"
-    )
+            rounds.append(one_round(plain, encrypted, args.messages, args.prefetch))
+    print_throughput(rounds, args.messages, args.prefetch)
     counts = {1: max(40, args.io_messages // 10), 16: args.io_messages, 64: args.io_messages * 2}
     rows = io_bound(counts)
     print("\n### I/O-bound: one API call with 50 ms latency per message\n")
