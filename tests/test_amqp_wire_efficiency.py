@@ -18,7 +18,7 @@ import pytest
 from oarlock.testing import BrokerSandbox
 from oarlock.transport.acks import AckWindow
 from oarlock.transport.connection import CoalescingConnection
-from oarlock.transport.fieldtable import FastProperties, encode_table
+from oarlock.transport.fieldtable import FastProperties, decode_properties, encode_table
 from tests.test_amqp_resilience import start_worker, wait_for, write_cfg
 
 SAILOR_LIKE = {
@@ -48,20 +48,20 @@ def fast_bytes(**props: Any) -> bytes:
 
 
 # -- header encoding ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "headers",
-    [
-        SAILOR_LIKE,
-        {},
-        {"x-eio-meta-trace-id": "trace", "reply_to": "amq.gen-abc", "x-eio-routing-key": "custom"},
-        {"unicode": "grüße, 日本", "ключ": "значение"},
-        {"i32": 2**31 - 1, "i32min": -(2**31), "big": 2**31, "neg": -(2**31) - 1, "i64": 2**63 - 1, "zero": 0},
-        {"yes": True, "no": False, "none": None, "bytes": b"\x00\x01"},
-        {"nested": {"a": 1, "b": ["x", 2, {"c": None}]}, "list": [1, "two", True]},
-        {"decimal": decimal.Decimal("1.25"), "when": datetime.datetime(2026, 11, 23, tzinfo=datetime.UTC)},
-        {"k" * 255: "longest allowed name"},
-    ],
-)
+HEADER_SETS: list[dict[str, Any]] = [
+    SAILOR_LIKE,
+    {},
+    {"x-eio-meta-trace-id": "trace", "reply_to": "amq.gen-abc", "x-eio-routing-key": "custom"},
+    {"unicode": "grüße, 日本", "ключ": "значение"},
+    {"i32": 2**31 - 1, "i32min": -(2**31), "big": 2**31, "neg": -(2**31) - 1, "i64": 2**63 - 1, "zero": 0},
+    {"yes": True, "no": False, "none": None, "bytes": b"\x00\x01"},
+    {"nested": {"a": 1, "b": ["x", 2, {"c": None}]}, "list": [1, "two", True]},
+    {"decimal": decimal.Decimal("1.25"), "when": datetime.datetime(2026, 11, 23, tzinfo=datetime.UTC)},
+    {"k" * 255: "longest allowed name"},
+]
+
+
+@pytest.mark.parametrize("headers", HEADER_SETS)
 def test_fast_properties_encode_exactly_the_bytes_pika_does(headers: dict[str, Any]) -> None:
     for props in (
         {"content_type": "application/json", "content_encoding": "utf8", "headers": headers, "delivery_mode": 2},
@@ -116,6 +116,111 @@ def test_fast_properties_decode_back_to_the_same_headers() -> None:
     decoded.decode(encoded)
     assert decoded.headers == SAILOR_LIKE
     assert (decoded.content_type, decoded.delivery_mode) == ("application/json", 2)
+
+
+# -- header decoding ---------------------------------------------------------------------------------
+def decoded_both_ways(encoded: bytes) -> tuple[Any, Any]:
+    """What pika's decoder and oarlock's make of the same bytes: the properties, or the error's type."""
+    outcomes = []
+    for decode in (lambda: pika.spec.BasicProperties().decode(encoded), lambda: decode_properties(encoded)):
+        try:
+            properties = decode()
+        except Exception as exc:
+            outcomes.append(("error", type(exc)))
+        else:
+            assert type(properties) is pika.spec.BasicProperties
+            outcomes.append(("decoded", sorted(vars(properties).items(), key=repr)))
+    return outcomes[0], outcomes[1]
+
+
+ALL_PROPERTIES: dict[str, Any] = {
+    "content_type": "application/json",
+    "content_encoding": "utf8",
+    "delivery_mode": 2,
+    "priority": 3,
+    "correlation_id": "c-ü",
+    "reply_to": "amq.gen-reply",
+    "expiration": "15000",
+    "message_id": "m",
+    "timestamp": 1_763_900_000,
+    "type": "t",
+    "user_id": "guest",
+    "app_id": "a",
+    "cluster_id": "x",
+}
+
+
+@pytest.mark.parametrize("headers", [*HEADER_SETS, None])
+def test_header_frames_decode_to_exactly_what_pika_decodes(headers: dict[str, Any] | None) -> None:
+    for props in ({"headers": headers}, {"content_type": "application/json", "headers": headers}, ALL_PROPERTIES):
+        encoded = pika_bytes(**{**props, "headers": headers})
+        theirs, ours = decoded_both_ways(encoded)
+        assert theirs[0] == "decoded"
+        assert ours == theirs
+
+
+def test_names_and_text_that_are_not_utf8_stay_bytes_as_in_pika() -> None:
+    table = b"\x04k\xffey" + b"S" + (2).to_bytes(4, "big") + b"\xfe\xff" + b"\x02ok" + b"S\x00\x00\x00\x02\xc3\xa9"
+    encoded = (pika.spec.BasicProperties.FLAG_HEADERS | pika.spec.BasicProperties.FLAG_CONTENT_TYPE).to_bytes(2, "big")
+    encoded += b"\x02\xff\xfe" + len(table).to_bytes(4, "big") + table
+    theirs, ours = decoded_both_ways(encoded)
+    assert ours == theirs
+    assert decode_properties(encoded).headers == {b"k\xffey": b"\xfe\xff", "ok": "é"}
+    assert decode_properties(encoded).content_type == b"\xff\xfe"
+
+
+def random_value(rng: random.Random, depth: int = 0) -> Any:
+    kinds = ["text", "int", "bigint", "bool", "none", "bytes", "decimal", "when"]
+    if depth < 2:
+        kinds += ["table", "list"]
+    kind = rng.choice(kinds)
+    if kind == "text":
+        return "".join(rng.choice("abcü日 -_") for _ in range(rng.randrange(0, 40)))
+    if kind == "int":
+        return rng.randrange(-(2**31), 2**31)
+    if kind == "bigint":
+        return rng.choice([-1, 1]) * rng.randrange(2**31, 2**63)
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "none":
+        return None
+    if kind == "bytes":
+        return rng.randbytes(rng.randrange(0, 8))
+    if kind == "decimal":
+        return decimal.Decimal(rng.randrange(-999, 999)) / 100
+    if kind == "when":
+        return datetime.datetime.fromtimestamp(rng.randrange(0, 2**31), tz=datetime.UTC)
+    if kind == "table":
+        return {f"n{i}": random_value(rng, depth + 1) for i in range(rng.randrange(0, 4))}
+    return [random_value(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
+
+
+def test_random_header_tables_and_property_sets_decode_to_exactly_what_pika_decodes() -> None:
+    rng = random.Random(20261123)
+    for _ in range(400):
+        props = {name: value for name, value in ALL_PROPERTIES.items() if rng.random() < 0.5}
+        if rng.random() < 0.9:
+            props["headers"] = {f"h-{i}-ü": random_value(rng) for i in range(rng.randrange(0, 16))}
+        theirs, ours = decoded_both_ways(pika_bytes(**props))
+        assert theirs[0] == "decoded"
+        assert ours == theirs, props
+
+
+def test_truncated_and_corrupted_header_frames_fail_or_decode_exactly_as_in_pika() -> None:
+    rng = random.Random(7)
+    sailor = pika_bytes(**ALL_PROPERTIES, headers={**SAILOR_LIKE, "flag": True, "nested": {"a": [1, "b"]}})
+    failures = 0
+    for cut in range(len(sailor)):
+        theirs, ours = decoded_both_ways(sailor[:cut])
+        assert ours == theirs, cut
+        failures += theirs[0] == "error"
+    assert failures > len(sailor) // 2  # most prefixes are not decodable: the test sees failures, not just values
+    for _ in range(1500):
+        corrupted = bytearray(sailor)
+        for _ in range(rng.randrange(1, 4)):
+            corrupted[rng.randrange(len(corrupted))] = rng.randrange(256)
+        theirs, ours = decoded_both_ways(bytes(corrupted))
+        assert ours == theirs, bytes(corrupted)
 
 
 # -- ack window --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Message properties encoded for the wire faster than pika does, byte for byte the same.
+"""Message properties encoded and decoded faster than pika does, with exactly pika's results.
 
 Every message oarlock publishes carries sailor's dozen-odd headers; pika encodes a header
 table one value at a time through several generic helpers (about 17 µs for sailor's set,
@@ -7,13 +7,21 @@ whose ``encode()`` writes the properties oarlock uses (content type and encoding
 delivery mode, expiration) with direct paths for text and integer header values, and hands
 everything else (other properties, other value types, over-long names) to pika's own code,
 so the bytes are always exactly what pika would produce.
+
+Every message a worker receives from sailor or oarlock carries the same header set, which
+pika decodes in about 16 µs. :func:`decode_properties` builds the same ``BasicProperties``
+with direct paths for text, integer and boolean header values and pika's ``decode_value`` for
+every other type; data it cannot read is decoded again by pika, so a malformed header frame
+fails with pika's own error.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pika.data
+import pika.exceptions
 import pika.spec
 
 _FLAG_CONTENT_TYPE = pika.spec.BasicProperties.FLAG_CONTENT_TYPE
@@ -119,3 +127,103 @@ def _short_string(value: str | bytes) -> bytes:
 
 
 _short_strings: dict[str | bytes, bytes] = {}  # content types, encodings, expirations: a handful of values
+
+
+# -- decoding ------------------------------------------------------------------------------------------
+_UINT16 = struct.Struct(">H")
+_UINT32 = struct.Struct(">I")
+_INT32 = struct.Struct(">i")
+_INT64 = struct.Struct(">q")
+_TIMESTAMP = struct.Struct(">Q")
+_Props = pika.spec.BasicProperties
+_SHORT_STRING, _TABLE, _OCTET, _LONG_LONG = range(4)
+# the property list in wire order (AMQP 0-9-1 basic class), as BasicProperties.decode reads it
+_LAYOUT = (
+    (_Props.FLAG_CONTENT_TYPE, "content_type", _SHORT_STRING),
+    (_Props.FLAG_CONTENT_ENCODING, "content_encoding", _SHORT_STRING),
+    (_Props.FLAG_HEADERS, "headers", _TABLE),
+    (_Props.FLAG_DELIVERY_MODE, "delivery_mode", _OCTET),
+    (_Props.FLAG_PRIORITY, "priority", _OCTET),
+    (_Props.FLAG_CORRELATION_ID, "correlation_id", _SHORT_STRING),
+    (_Props.FLAG_REPLY_TO, "reply_to", _SHORT_STRING),
+    (_Props.FLAG_EXPIRATION, "expiration", _SHORT_STRING),
+    (_Props.FLAG_MESSAGE_ID, "message_id", _SHORT_STRING),
+    (_Props.FLAG_TIMESTAMP, "timestamp", _LONG_LONG),
+    (_Props.FLAG_TYPE, "type", _SHORT_STRING),
+    (_Props.FLAG_USER_ID, "user_id", _SHORT_STRING),
+    (_Props.FLAG_APP_ID, "app_id", _SHORT_STRING),
+    (_Props.FLAG_CLUSTER_ID, "cluster_id", _SHORT_STRING),
+)
+
+
+def decode_properties(encoded: bytes) -> pika.spec.BasicProperties:
+    """``BasicProperties().decode(encoded)``: the same object, or pika's own error for bad data."""
+    properties = pika.spec.BasicProperties()
+    try:
+        (flags,) = _UINT16.unpack_from(encoded, 0)
+        if flags & 1:  # a continuation flag word (no property uses one): pika's general code
+            return properties.decode(encoded)
+        offset = 2
+        for flag, name, kind in _LAYOUT:
+            if not flags & flag:
+                continue
+            value: Any
+            if kind == _SHORT_STRING:
+                value, offset = _decode_short_string(encoded, offset)
+            elif kind == _TABLE:
+                value, offset = decode_table(encoded, offset)
+            elif kind == _OCTET:
+                value = encoded[offset]
+                offset += 1
+            else:
+                (value,) = _TIMESTAMP.unpack_from(encoded, offset)
+                offset += 8
+            setattr(properties, name, value)
+        return properties
+    except (struct.error, IndexError, ValueError, TypeError, pika.exceptions.AMQPError):
+        return pika.spec.BasicProperties().decode(encoded)
+
+
+def decode_table(encoded: bytes, offset: int) -> tuple[dict[Any, Any], int]:
+    """``pika.data.decode_table``; text, integers and booleans read directly, other types by pika."""
+    result: dict[Any, Any] = {}
+    (size,) = _UINT32.unpack_from(encoded, offset)
+    offset += 4
+    limit = offset + size
+    while offset < limit:
+        length = encoded[offset]
+        key = _text(encoded[offset + 1 : offset + 1 + length])
+        offset += 1 + length
+        kind = encoded[offset]
+        value: Any
+        if kind == 83:  # "S": long string
+            (length,) = _UINT32.unpack_from(encoded, offset + 1)
+            offset += 5
+            value = _text(encoded[offset : offset + length])
+            offset += length
+        elif kind == 73:  # "I": signed 32-bit
+            (value,) = _INT32.unpack_from(encoded, offset + 1)
+            offset += 5
+        elif kind == 108:  # "l": signed 64-bit
+            (value,) = _INT64.unpack_from(encoded, offset + 1)
+            offset += 9
+        elif kind == 116:  # "t": boolean
+            value = bool(encoded[offset + 1])
+            offset += 2
+        else:
+            value, offset = pika.data.decode_value(encoded, offset)
+        result[key] = value
+    return result, offset
+
+
+def _decode_short_string(encoded: bytes, offset: int) -> tuple[Any, int]:
+    length = encoded[offset]
+    return _text(encoded[offset + 1 : offset + 1 + length]), offset + 1 + length
+
+
+def _text(raw: bytes) -> str | bytes:
+    """UTF-8 text, or the bytes as they are when they are not UTF-8 (as pika decodes)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw

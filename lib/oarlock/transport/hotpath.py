@@ -27,6 +27,7 @@ import pika.frame
 import pika.spec
 
 from oarlock.transport.connection import CoalescingConnection
+from oarlock.transport.fieldtable import decode_properties
 
 ConfirmListener = Callable[[int, bool, bool], None]
 """Called with (delivery_tag, multiple, acked) for every basic.ack / basic.nack on a channel."""
@@ -151,8 +152,7 @@ class HotPathConnection(CoalescingConnection):
             pos = body_end + 1
         if seen != body_size:
             return 0  # pika raises BodyTooLongError for this
-        properties = pika.spec.BasicProperties()
-        properties.decode(buf[header + 19 : header_end])
+        properties = decode_properties(buf[header + 19 : header_end])
         body = fragments[0] if len(fragments) == 1 else b"".join(fragments)
         self.frames_received += 2 + len(fragments)
         method = pika.spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
