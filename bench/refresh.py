@@ -22,8 +22,10 @@ from typing import Any
 
 import requests
 
+from oarlock.credentials.auth import authorized_session
 from oarlock.credentials.manager import CredentialManager
 from oarlock.devprovider import DevProvider
+from oarlock.protocol.events import EventList
 
 CLIENT = {"client_id": "oarlock-dev", "client_secret": "oarlock-dev-secret"}
 
@@ -73,7 +75,7 @@ def oarlock_way(provider: DevProvider, cfg: dict[str, Any]) -> Callable[[request
     manager = CredentialManager()
 
     def call(_http: requests.Session) -> bool:
-        session = manager.session(manager.newest_cfg(cfg), on_update=lambda update: None)
+        session = authorized_session(manager, manager.newest_cfg(cfg), sink=EventList())
         try:
             return session.get(f"{provider.url}/api/me", timeout=30).status_code == 200
         except Exception:

@@ -37,9 +37,9 @@ from typing import Any
 import pika
 import pika.spec
 
+from oarlock.amqp.connection import CoalescingConnection
 from oarlock.devprovider import DevProvider
 from oarlock.testing import BrokerSandbox
-from oarlock.transport.connection import CoalescingConnection
 
 COMPONENT = Path(__file__).resolve().parent / "component"
 

@@ -14,8 +14,8 @@ import pika.spec
 import pytest
 from pika.adapters.select_connection import IOLoop
 
-from oarlock.transport.fieldtable import FastProperties
-from oarlock.transport.hotpath import HotPathConnection
+from oarlock.amqp.fieldtable import FastProperties
+from oarlock.amqp.hotpath import HotPathConnection
 
 CONSUMER_TAG = "ctag1.6d7f0c"
 

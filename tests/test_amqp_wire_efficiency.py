@@ -15,10 +15,10 @@ import pika.exceptions
 import pika.spec
 import pytest
 
+from oarlock.amqp.acks import AckWindow
+from oarlock.amqp.connection import CoalescingConnection
+from oarlock.amqp.fieldtable import FastProperties, decode_properties, encode_table
 from oarlock.testing import BrokerSandbox
-from oarlock.transport.acks import AckWindow
-from oarlock.transport.connection import CoalescingConnection
-from oarlock.transport.fieldtable import FastProperties, decode_properties, encode_table
 from tests.test_amqp_resilience import start_worker, wait_for, write_cfg
 
 SAILOR_LIKE = {

@@ -182,7 +182,7 @@ BAD_INPUTS = {
 def test_bad_inputs_each_give_an_error_and_a_reject_and_the_next_good_message_is_processed(
     broker: BrokerSandbox, tmp_path: Path
 ) -> None:
-    from oarlock.crypto import MessageCipher
+    from oarlock.protocol.crypto import MessageCipher
 
     good = broker.cipher.encrypt({"body": {"ok": True}})
     broker.publish_input(raw=b"%%% not base64 %%%")

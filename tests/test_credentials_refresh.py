@@ -12,16 +12,28 @@ from typing import Any
 import pytest
 import requests
 
-from oarlock.credentials.auth import oauth2_flow
+from oarlock.credentials.auth import authorized_session, oauth2_flow
 from oarlock.credentials.manager import CredentialManager
 from oarlock.devprovider import DevProvider
 from oarlock.errors import CredentialNeedsReauthorization, TokenEndpointError, TokenRejected
 from oarlock.keys.sqlite import SqliteKeyStore
+from oarlock.protocol.events import Event, EventList, EventName
 from tests.support import provider_cfg
 
 
+class UpdateList:
+    """A sink keeping the payloads of the updateKeys events it is given."""
+
+    def __init__(self, updates: list[dict[str, Any]]) -> None:
+        self.updates = updates
+
+    def emit(self, event: Event) -> None:
+        assert event.name is EventName.UPDATE_KEYS
+        self.updates.append(event.payload)
+
+
 def session_for(manager: CredentialManager, cfg: dict[str, Any], updates: list[dict[str, Any]]) -> requests.Session:
-    return manager.session(manager.newest_cfg(cfg), on_update=updates.append)
+    return authorized_session(manager, manager.newest_cfg(cfg), sink=UpdateList(updates))
 
 
 def hammer(threads: int, calls: int, fn: Callable[[], None]) -> list[BaseException]:
@@ -198,7 +210,7 @@ def test_a_custom_refresh_hook_replaces_the_token_request_and_its_fields_are_mer
 
         updates: list[dict[str, Any]] = []
         manager = CredentialManager()
-        session = manager.session(manager.newest_cfg(cfg), on_update=updates.append, refresh_hook=hook)
+        session = authorized_session(manager, manager.newest_cfg(cfg), sink=UpdateList(updates), refresh_hook=hook)
         assert session.get(f"{provider.url}/api/me").status_code == 200
         assert provider.stats()["refresh_calls"] == 0
     assert seen[0][0]["refresh_token"] == cfg["oauth"]["refresh_token"] and seen[0][1]["_account"] == "acct-1"
@@ -259,7 +271,7 @@ def test_the_auth_flow_refreshes_once_on_401_and_resends_without_a_network() -> 
     manager = CredentialManager()
     cfg = {"_account": "flow", "oauth": {"access_token": "old-token-1"}, "oauth2": {"refresh": "on_401"}}
     bound = manager.credential(
-        cfg, on_update=lambda u: None, refresh_hook=lambda c, k: {"access_token": "new-token-2", "expires_in": 60}
+        cfg, sink=EventList(), refresh_hook=lambda c, k: {"access_token": "new-token-2", "expires_in": 60}
     )
     request = requests.Request("POST", "https://api.example/items", json={"a": 1}).prepare()
     flow = oauth2_flow(request, bound, time.time())
@@ -275,7 +287,7 @@ def test_a_second_401_after_a_fresh_token_is_token_rejected_not_a_loop() -> None
     manager = CredentialManager()
     cfg = {"_account": "loop", "oauth": {"access_token": "old-token-3"}, "oauth2": {"refresh": "on_401"}}
     bound = manager.credential(
-        cfg, on_update=lambda u: None, refresh_hook=lambda c, k: {"access_token": "new-token-4", "expires_in": 60}
+        cfg, sink=EventList(), refresh_hook=lambda c, k: {"access_token": "new-token-4", "expires_in": 60}
     )
     flow = oauth2_flow(requests.Request("GET", "https://api.example/me").prepare(), bound, time.time())
     next(flow)

@@ -122,8 +122,8 @@ def test_an_invalid_grant_answered_with_status_200_still_asks_for_re_authorizati
 
 
 def test_the_microsoft_preset_refreshes_with_the_credential_scope_plus_offline_access() -> None:
-    from oarlock.credentials.providers import RefreshSettings
-    from oarlock.credentials.refresher import TokenClient
+    from oarlock.credentials.endpoint import TokenClient
+    from oarlock.credentials.presets import RefreshSettings
 
     settings = RefreshSettings.from_cfg({"provider": "microsoft", "token_uri": ENDPOINT, "client_id": "c"})
     form = TokenClient()._form(settings, {"refresh_token": "r", "scope": "User.Read Mail.Read"}, "a")

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from oarlock.crypto import MessageCipher, dumps
 from oarlock.errors import ConfigurationError, DecodeError
+from oarlock.protocol.crypto import MessageCipher, dumps
 from tests.support import DATA
 
 VECTORS: list[dict[str, Any]] = json.loads((DATA / "vectors" / "sailor-crypto.json").read_text())["cases"]

@@ -383,7 +383,7 @@ def test_the_cli_prints_its_address_serves_and_stops_on_sigterm(tmp_path: Any) -
 
 
 def test_the_cli_command_object_runs_on_its_own_and_stops_on_sigint() -> None:
-    code = "from oarlock.devprovider.cli import dev_provider_command; dev_provider_command()"
+    code = "from oarlock.cli.devprovider import dev_provider_command; dev_provider_command()"
     process = subprocess.Popen(
         [sys.executable, "-c", code, "--port", "0", "--rotation", "single-use", "--client-id", "c1"],
         stdout=subprocess.PIPE,
@@ -412,7 +412,7 @@ def test_unknown_paths_answer_404_json(dev_provider: DevProvider, path: str) -> 
 
 def test_the_cli_says_so_and_exits_2_when_the_port_is_taken(dev_provider: DevProvider) -> None:
     port = dev_provider.url.rsplit(":", 1)[1]
-    code = "from oarlock.devprovider.cli import dev_provider_command; dev_provider_command()"
+    code = "from oarlock.cli.devprovider import dev_provider_command; dev_provider_command()"
     done = subprocess.run(
         [sys.executable, "-c", code, "--port", port], capture_output=True, text=True, timeout=30, check=False
     )

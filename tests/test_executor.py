@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from oarlock.component import Component
+from oarlock.component.model import Component
 from oarlock.errors import ComponentError
-from oarlock.events import Event, EventName
-from oarlock.executor import FunctionRunner
 from oarlock.logs import JsonFormatter
-from oarlock.message import Message
+from oarlock.protocol.events import EventList, EventName
+from oarlock.protocol.message import Message
+from oarlock.runtime.executor import FunctionRunner
 from tests.support import TEST_COMPONENTS
 
 BASIC = TEST_COMPONENTS / "basic"
@@ -61,9 +61,9 @@ def test_update_snapshot_merges_into_the_snapshot_of_the_call() -> None:
 
 
 def test_every_event_of_the_protocol_reaches_the_sink_in_order() -> None:
-    seen: list[Event] = []
-    result = runner("many").call(Message(), {}, {"old": 1}, sink=seen.append)
-    assert [e.name.value for e in seen] == ["data", "snapshot", "rebound", "httpReply", "end"]
+    sink = EventList()
+    result = runner("many").call(Message(), {}, {"old": 1}, sink=sink)
+    assert [e.name.value for e in sink.events] == ["data", "snapshot", "rebound", "httpReply", "end"]
     assert result.snapshot == {"replaced": True} and result.rebound
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from oarlock.errors import DecodeError, EmitError
-from oarlock.events import EVENT_NAMES, EventName, normalise
-from oarlock.message import Message
+from oarlock.protocol.events import EVENT_NAMES, EventName, normalise
+from oarlock.protocol.message import Message
 
 
 def test_a_message_keeps_unknown_fields_and_round_trips() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
-from oarlock.credentials.redact import MASK, redact, redact_text, register_credential, register_secret
 from oarlock.logs import JsonFormatter
+from oarlock.redact import MASK, redact, redact_text, register_credential, register_secret
 
 
 def test_values_under_secret_keys_are_masked_at_any_depth() -> None:

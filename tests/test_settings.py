@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from oarlock.errors import EnvironmentConfigError
-from oarlock.settings import Settings, camel_case
+from oarlock.protocol.headers import OutgoingHeaders, routing_key_override
+from oarlock.protocol.settings import Settings, camel_case
 from oarlock.testing import BrokerSandbox
-from oarlock.transport.headers import OutgoingHeaders, routing_key_override
 from tests.support import TEST_COMPONENTS, run_cli
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from oarlock.component import Component, schema_problems
+from oarlock.component.model import Component, schema_problems
+from oarlock.component.validate import validate
 from oarlock.errors import ComponentError
-from oarlock.validate import validate
 from tests.support import DATA, run_cli
 
 CORPUS = sorted((DATA / "corpus" / "component-json").glob("*.component.json"))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from oarlock.workpool import WorkPool
+from oarlock.runtime.workpool import WorkPool
 
 
 class Sleeper:

@@ -1,3 +1,3 @@
-from oarlock.cli import main
+from oarlock.cli.main import main
 
 main()

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from oarlock.credentials.redact import redact, redact_text
+from oarlock.redact import redact, redact_text
 
 #: fields a caller may attach with ``logger.info(..., extra={...})`` that go into the JSON line
 CONTEXT_FIELDS = (

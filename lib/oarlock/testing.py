@@ -23,7 +23,7 @@ import pika
 import pika.adapters.blocking_connection
 import pika.spec
 
-from oarlock.crypto import MessageCipher
+from oarlock.protocol.crypto import MessageCipher
 
 DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/%2F"
 PASSWORD = "testCryptoPassword"

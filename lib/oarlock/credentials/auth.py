@@ -2,7 +2,8 @@
 
 The flow is a generator that yields requests and receives responses, so it is testable
 without a network (:func:`oauth2_flow`); :class:`OAuth2Auth` drives it inside requests
-through a response hook, the way requests' own digest auth resends.
+through a response hook, the way requests' own digest auth resends. :func:`authorized_session`
+is what ``ctx.http`` is: a session on the manager's shared connection pool with this auth.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from collections.abc import Generator
 from typing import Any
 
 import requests
+import requests.adapters
 from requests.auth import AuthBase
 from requests.cookies import extract_cookies_to_jar
 
-from oarlock.credentials.manager import BoundCredential
+from oarlock.credentials.manager import BoundCredential, CredentialManager, RefreshHook
 from oarlock.errors import TokenRejected
+from oarlock.protocol.events import EventSink
 
 Flow = Generator[requests.PreparedRequest, requests.Response, None]
 
@@ -103,3 +106,24 @@ class OAuth2Auth(AuthBase):
         with contextlib.suppress(StopIteration):
             flow.send(second)
         return second
+
+
+def authorized_session(
+    manager: CredentialManager, cfg: dict[str, Any], *, sink: EventSink, refresh_hook: RefreshHook | None = None
+) -> requests.Session:
+    """A ``requests.Session`` keeping the credential of ``cfg`` alive; its updateKeys events go to ``sink``."""
+    session = _PooledSession(manager.http_adapter)
+    session.auth = OAuth2Auth(manager.credential(cfg, sink=sink, refresh_hook=refresh_hook))
+    return session
+
+
+class _PooledSession(requests.Session):
+    """A session on the manager's shared connection pool; closing it leaves the pool open."""
+
+    def __init__(self, adapter: requests.adapters.HTTPAdapter) -> None:
+        super().__init__()
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.adapters.clear()

@@ -25,16 +25,17 @@ from typing import Any, Protocol
 import requests
 import requests.adapters
 
-from oarlock.credentials.providers import RefreshSettings
-from oarlock.credentials.redact import register_credential
-from oarlock.credentials.refresher import TokenClient
+from oarlock.awaitables import run_maybe_async
+from oarlock.credentials.endpoint import TokenClient
+from oarlock.credentials.presets import RefreshSettings
 from oarlock.credentials.token import TokenSet
 from oarlock.errors import CredentialError, CredentialNeedsReauthorization, TokenEndpointError
 from oarlock.jsoncopy import copy_json
+from oarlock.protocol.events import Event, EventName, EventSink
+from oarlock.redact import register_credential
 
 log = logging.getLogger("oarlock.credentials")
 
-UpdateCallback = Callable[[dict[str, Any]], None]
 RefreshHook = Callable[[dict[str, Any], dict[str, Any]], Any]
 
 
@@ -115,9 +116,9 @@ class CredentialManager:
         )
         self._states: dict[str, _AccountState] = {}
         self._states_lock = threading.Lock()
-        # one connection pool for every session this manager hands out (urllib3's pool is thread-safe):
+        # one connection pool for every session handed out for this manager (urllib3's pool is thread-safe):
         # a message's ctx.http reuses the keep-alive connections of the messages before it
-        self._adapter = requests.adapters.HTTPAdapter(pool_connections=32, pool_maxsize=128)
+        self.http_adapter = requests.adapters.HTTPAdapter(pool_connections=32, pool_maxsize=128)
 
     # -- state ---------------------------------------------------------------------------------
     def _state(self, account: str, oauth: Mapping[str, Any]) -> _AccountState:
@@ -158,18 +159,10 @@ class CredentialManager:
 
     # -- what functions use ----------------------------------------------------------------------
     def credential(
-        self, cfg: dict[str, Any], *, on_update: UpdateCallback, refresh_hook: RefreshHook | None = None
+        self, cfg: dict[str, Any], *, sink: EventSink, refresh_hook: RefreshHook | None = None
     ) -> BoundCredential:
-        return BoundCredential(self, cfg, on_update=on_update, refresh_hook=refresh_hook)
-
-    def session(
-        self, cfg: dict[str, Any], *, on_update: UpdateCallback, refresh_hook: RefreshHook | None = None
-    ) -> requests.Session:
-        from oarlock.credentials.auth import OAuth2Auth
-
-        session = _PooledSession(self._adapter)
-        session.auth = OAuth2Auth(self.credential(cfg, on_update=on_update, refresh_hook=refresh_hook))
-        return session
+        """The account of ``cfg`` as one call sees it; its updateKeys events go to ``sink``."""
+        return BoundCredential(self, cfg, sink=sink, refresh_hook=refresh_hook)
 
     # -- the refresh -----------------------------------------------------------------------------
     def needs_refresh(self, state: _AccountState, settings: RefreshSettings, now: float) -> bool:
@@ -193,7 +186,7 @@ class CredentialManager:
         """Refresh the account unless another call already did what this one needs; single-flight."""
         account, settings = bound.account, bound.settings
         state = self._state(account, bound.cfg_oauth)
-        update: dict[str, Any] | None = None
+        persisted = False
         with state.lock:
             if not self._still_needed(state, settings, reason, used_token, started_at):
                 return state.token
@@ -222,9 +215,10 @@ class CredentialManager:
                 register_credential(state.token.data)
                 if coordinated and self.coordinator is not None:
                     self.coordinator.save(account, state.token.data, state.version, dict(response))
+                    persisted = True
             update = self._update_payload(state, settings, account, response)
             self._log_refresh(state, settings, account, reason)
-        bound.on_update(update)
+        bound.sink.emit(Event(EventName.UPDATE_KEYS, update, persisted=persisted))
         return state.token
 
     def _still_needed(
@@ -279,10 +273,7 @@ class CredentialManager:
                     f"{type(exc).__name__}: {exc}",
                     account=bound.account,
                 ) from None
-            if hasattr(returned, "__await__"):
-                from oarlock.executor import _run_maybe_async
-
-                returned = _run_maybe_async(returned)
+            returned = run_maybe_async(returned)
             if not isinstance(returned, Mapping):
                 raise TokenEndpointError(
                     f"refresh_credentials() must return a mapping of credential fields, got {type(returned).__name__}",
@@ -324,18 +315,6 @@ class CredentialManager:
             )
 
 
-class _PooledSession(requests.Session):
-    """A session on the manager's shared connection pool; closing it leaves the pool open."""
-
-    def __init__(self, adapter: requests.adapters.HTTPAdapter) -> None:
-        super().__init__()
-        self.mount("http://", adapter)
-        self.mount("https://", adapter)
-
-    def close(self) -> None:
-        self.adapters.clear()
-
-
 class BoundCredential:
     """One account's credential as one call sees it (``ctx.credentials``)."""
 
@@ -344,7 +323,7 @@ class BoundCredential:
         manager: CredentialManager,
         cfg: dict[str, Any],
         *,
-        on_update: UpdateCallback,
+        sink: EventSink,
         refresh_hook: RefreshHook | None = None,
     ) -> None:
         self.manager = manager
@@ -352,7 +331,7 @@ class BoundCredential:
         self.cfg_oauth: dict[str, Any] = dict(cfg.get("oauth") or {})
         self.account = account_of(cfg)
         self.settings = RefreshSettings.from_cfg(cfg.get("oauth2"))
-        self.on_update = on_update
+        self.sink = sink
         self.refresh_hook = refresh_hook
 
     @property

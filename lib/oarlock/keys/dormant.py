@@ -16,6 +16,7 @@ from typing import Any
 from oarlock.credentials.manager import CredentialManager
 from oarlock.errors import CredentialError
 from oarlock.keys.store import KeyStore
+from oarlock.protocol.events import EventList
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def refresh_dormant(
         cfg = {"_account": stored.account, "oauth": stored.oauth, "oauth2": oauth2}
         manager.seed(stored.account, stored.oauth, stored.version)
         try:
-            bound = manager.credential(manager.newest_cfg(cfg), on_update=lambda update: None)
+            bound = manager.credential(manager.newest_cfg(cfg), sink=EventList())
             bound.refresh()
         except CredentialError as exc:
             results.append(DormantResult(stored.account, False, error=str(exc)))

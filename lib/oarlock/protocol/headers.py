@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from oarlock.message import new_id
-from oarlock.settings import Settings
+from oarlock.protocol.message import new_id
+from oarlock.protocol.settings import Settings
 
 ROUTING_KEY_HEADER = "x-eio-routing-key"
 META_PREFIX = "x-eio-meta-"

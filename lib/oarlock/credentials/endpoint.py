@@ -16,10 +16,10 @@ from typing import Any
 import requests
 import tenacity
 
-from oarlock.credentials.providers import RefreshSettings
-from oarlock.credentials.redact import register_secret
+from oarlock.credentials.presets import RefreshSettings
 from oarlock.credentials.token import parse_token_response
 from oarlock.errors import CredentialNeedsReauthorization, TokenEndpointError
+from oarlock.redact import register_secret
 
 log = logging.getLogger("oarlock.credentials")
 TOKEN_TIMEOUT = 30.0

@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from oarlock.credentials.redact import redact
 from oarlock.errors import OarlockError
 from oarlock.keys.store import KeyStore, StoredCredential, open_store
+from oarlock.redact import redact
 
 DEFAULT_KEYS = os.path.join(".oarlock", "keys.sqlite")
 store_option = click.option(
@@ -108,8 +108,8 @@ def refresh_dormant_command(
 ) -> None:
     """Refresh stored credentials that slept, before the provider's inactivity window closes."""
     from oarlock import logs
-    from oarlock.credentials.redact import register_secret
     from oarlock.keys.dormant import refresh_dormant
+    from oarlock.redact import register_secret
 
     logs.configure(os.environ.get("ELASTICIO_LOG_LEVEL", "warning"))
     register_secret(client_secret)
@@ -143,8 +143,8 @@ def serve_command(
 ) -> None:
     """Consume updateKeys messages and persist them; ack only after the store committed."""
     from oarlock import logs
-    from oarlock.crypto import MessageCipher
-    from oarlock.keys.service import KeysService
+    from oarlock.keys.consumer import KeysService
+    from oarlock.protocol.crypto import MessageCipher
 
     logs.configure(os.environ.get("ELASTICIO_LOG_LEVEL", "info"))
     store = _open(store_url)

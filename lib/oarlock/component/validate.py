@@ -15,7 +15,8 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import SchemaError
 
-from oarlock.component import (
+from oarlock.component.inputschema import normalise_schema
+from oarlock.component.model import (
     PLACEHOLDER,
     Component,
     Problem,
@@ -24,7 +25,6 @@ from oarlock.component import (
     schema_problems,
 )
 from oarlock.errors import ComponentError
-from oarlock.inputschema import normalise_schema
 
 
 def validate(root: str | Path, env: Mapping[str, str] | None = None) -> list[Problem]:

@@ -34,13 +34,14 @@ def run_command(
     component_dir: str | None, cfg_file: str | None, concurrency: int | None, burst: bool, grace: float | None
 ) -> None:
     """Consume ELASTICIO_LISTEN_MESSAGES_ON and publish what the function emits (PROTOCOL.md)."""
-    from oarlock.component import Component
+    from oarlock.amqp.transport import AmqpTransport, hot_path_enabled
+    from oarlock.component.model import Component
     from oarlock.credentials.manager import CredentialManager
-    from oarlock.credentials.redact import register_secret
-    from oarlock.executor import FunctionRunner, UnloadableFunction
-    from oarlock.settings import Settings
-    from oarlock.stepconfig import load_step_config
-    from oarlock.worker import Worker
+    from oarlock.protocol.settings import Settings
+    from oarlock.protocol.stepconfig import load_step_config
+    from oarlock.redact import register_secret
+    from oarlock.runtime.executor import FunctionRunner, UnloadableFunction
+    from oarlock.runtime.worker import Worker
 
     env = dict(os.environ)
     logs.configure(env.get("ELASTICIO_LOG_LEVEL", "info"))
@@ -62,7 +63,12 @@ def run_command(
             )
         except ComponentError as exc:
             runner = UnloadableFunction(exc)
-        worker = Worker(settings, runner, step, concurrency=concurrency, burst=burst, grace_seconds=grace)
+        transport = AmqpTransport(
+            settings.amqp_uri,
+            name=f"oarlock {settings.function} {settings.step_id} {settings.container_id}",
+            hot_path=hot_path_enabled(env),
+        )
+        worker = Worker(settings, runner, step, transport, concurrency=concurrency, burst=burst, grace_seconds=grace)
     except ConfigurationError as exc:
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(2)

@@ -19,10 +19,10 @@ from oarlock import logs
 from oarlock.errors import ConfigurationError, KeyStoreError, OarlockError
 
 LAZY_COMMANDS = {
-    "validate": ("oarlock.validate_cli", "validate_command"),
-    "dev-provider": ("oarlock.devprovider.cli", "dev_provider_command"),
-    "keys": ("oarlock.keys.cli", "keys_group"),
-    "run": ("oarlock.run_cli", "run_command"),
+    "validate": ("oarlock.cli.validate", "validate_command"),
+    "dev-provider": ("oarlock.cli.devprovider", "dev_provider_command"),
+    "keys": ("oarlock.cli.keys", "keys_group"),
+    "run": ("oarlock.cli.run", "run_command"),
 }
 DEFAULT_KEYS = Path(".oarlock") / "keys.sqlite"
 
@@ -120,7 +120,7 @@ def call(
 
     Exit 0 when no error event was emitted, 1 when any was, 2 on a usage or configuration error.
     """
-    from oarlock.local_call import LocalCall
+    from oarlock.runtime.local import LocalCall
 
     logs.configure(log_level)
     try:
@@ -153,9 +153,9 @@ def call(
 @log_level_option
 def verify(component_dir: str, cfg_path: str, log_level: str) -> None:
     """Run the component's verify_credentials.py; print {"verified": …}; exit 0 if verified, 1 if not."""
-    from oarlock.component import Component
+    from oarlock.component.model import Component
     from oarlock.credentials.manager import CredentialManager
-    from oarlock.verify import verify_credentials
+    from oarlock.runtime.verify import verify_credentials
 
     logs.configure(log_level)
     try:
@@ -175,8 +175,8 @@ def verify(component_dir: str, cfg_path: str, log_level: str) -> None:
 @log_level_option
 def service(name: str, component_dir: str, log_level: str) -> None:
     """sailor's service mode: cfg from ELASTICIO_CFG, result POSTed to ELASTICIO_POST_RESULT_URL (or printed)."""
-    from oarlock.component import Component
-    from oarlock.service import post_result, run_service
+    from oarlock.component.model import Component
+    from oarlock.runtime.service import post_result, run_service
 
     logs.configure(log_level)
     try:
@@ -198,6 +198,6 @@ def service(name: str, component_dir: str, log_level: str) -> None:
 @click.option("--workdir", default=".oarlock/demo", show_default=True, type=click.Path(file_okay=False))
 def demo(ttl: float, workdir: str) -> None:
     """Local mode on embedded defaults: dev provider + the reference `request` action, token refresh shown."""
-    from oarlock.demo import run_demo
+    from oarlock.cli.demo import run_demo
 
     sys.exit(run_demo(ttl=ttl, workdir=Path(workdir)))

@@ -3,7 +3,7 @@
 The event set is PROTOCOL.md §5. Payloads are normalised here so that every
 transport (local JSONL, RabbitMQ) sees the same shapes:
 
-- ``data`` / ``rebound``: a :class:`~oarlock.message.Message`. A function may
+- ``data`` / ``rebound``: a :class:`~oarlock.protocol.message.Message`. A function may
   emit a Message, a message-shaped dict (a ``body`` key and only message fields:
   ``{"body": …, "headers": …, "id": …}``), or any other JSON value, which
   becomes the body of a new message.
@@ -18,13 +18,13 @@ transport (local JSONL, RabbitMQ) sees the same shapes:
 from __future__ import annotations
 
 import enum
+import threading
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from oarlock.errors import EmitError, OarlockError
-from oarlock.message import Message
+from oarlock.protocol.message import Message
 
 
 class EventName(enum.StrEnum):
@@ -43,10 +43,15 @@ EVENT_NAMES: frozenset[str] = frozenset(e.value for e in EventName)
 
 @dataclass(frozen=True)
 class Event:
-    """One emitted event with its normalised payload."""
+    """One emitted event with its normalised payload.
+
+    ``persisted`` is set on an updateKeys the refresh engine already wrote to its keys store (inside
+    the cross-process lock): the store is the one owner of that write, a sink only forwards it.
+    """
 
     name: EventName
     payload: Any = None
+    persisted: bool = False
 
     def payload_json(self) -> Any:
         """The payload as plain JSON values (Messages become dicts)."""
@@ -55,7 +60,31 @@ class Event:
         return self.payload
 
 
-EventSink = Callable[[Event], None]
+class EventSink(Protocol):
+    """Where emitted events go: the one path from a function (or the refresh engine) to a transport.
+
+    The worker hands one sink per input to the executor, the executor wraps it for the call
+    (normalising, redacting, collecting) and gives that to the context, and the credential
+    manager emits its updateKeys into the same object. ``emit`` may be called from any thread.
+    """
+
+    def emit(self, event: Event) -> None: ...
+
+
+class EventList:
+    """A sink that keeps what it is given, in order (tests, one-shot tools)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def payloads(self, name: EventName) -> list[Any]:
+        with self._lock:
+            return [event.payload for event in self.events if event.name is name]
 
 
 def error_payload(exc: BaseException) -> dict[str, str]:

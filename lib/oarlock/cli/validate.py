@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from oarlock.component import read_component_json
-from oarlock.validate import validate
+from oarlock.component.model import read_component_json
+from oarlock.component.validate import validate
 
 
 @click.command("validate")

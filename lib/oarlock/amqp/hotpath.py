@@ -26,8 +26,8 @@ import pika.exceptions
 import pika.frame
 import pika.spec
 
-from oarlock.transport.connection import CoalescingConnection
-from oarlock.transport.fieldtable import decode_properties
+from oarlock.amqp.connection import CoalescingConnection
+from oarlock.amqp.fieldtable import decode_properties
 
 ConfirmListener = Callable[[int, bool, bool], None]
 """Called with (delivery_tag, multiple, acked) for every basic.ack / basic.nack on a channel."""

@@ -15,11 +15,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from oarlock.context import Context
-from oarlock.credentials.redact import redact, redact_text, register_credential
+from oarlock.awaitables import run_maybe_async
 from oarlock.errors import ComponentError
-from oarlock.executor import _run_maybe_async
-from oarlock.message import Message
+from oarlock.protocol.events import EventList, EventName
+from oarlock.protocol.message import Message
+from oarlock.redact import redact, redact_text, register_credential
+from oarlock.runtime.context import Context
 
 if TYPE_CHECKING:
     from oarlock.credentials.manager import CredentialManager
@@ -56,14 +57,9 @@ def verify_credentials(
         return {"verified": True}
     module = load_verifier(verifier)
     register_credential(cfg)
-    updates: list[dict[str, Any]] = []
-
-    def emit(name: str, payload: Any = None) -> None:
-        if name == "updateKeys" and isinstance(payload, dict):
-            updates.append(payload)
-
+    events = EventList()
     ctx = Context(
-        emit=emit,
+        sink=events,
         message=Message(),
         cfg=cfg,
         snapshot={},
@@ -74,12 +70,13 @@ def verify_credentials(
     verify = module.verify
     takes_ctx = len(inspect.signature(verify).parameters) >= 2
     try:
-        result = _run_maybe_async(verify(cfg, ctx) if takes_ctx else verify(cfg))
+        result = run_maybe_async(verify(cfg, ctx) if takes_ctx else verify(cfg))
     except Exception as exc:
         return {"verified": False, "reason": redact_text(str(exc)) or type(exc).__name__}
     finally:
         ctx.close()
     outcome = _interpret(result)
+    updates = events.payloads(EventName.UPDATE_KEYS)
     if updates:
         outcome["updateKeys"] = updates
     return outcome

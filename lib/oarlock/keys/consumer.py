@@ -10,10 +10,10 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from oarlock.credentials.redact import redact_text
-from oarlock.crypto import MessageCipher
 from oarlock.errors import DecodeError, KeyStoreError, TransportError
 from oarlock.keys.store import KeyStore, apply_update_keys
+from oarlock.protocol.crypto import MessageCipher
+from oarlock.redact import redact_text
 
 log = logging.getLogger("oarlock.keys.service")
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import requests
 
-from oarlock.component import Component
-from oarlock.credentials.redact import redact_text, register_credential
+from oarlock.awaitables import run_maybe_async
+from oarlock.component.model import Component
 from oarlock.errors import ConfigurationError, EnvironmentConfigError, OarlockError
-from oarlock.executor import _run_maybe_async
-from oarlock.verify import verify_credentials
+from oarlock.redact import redact_text, register_credential
+from oarlock.runtime.verify import verify_credentials
 
 SERVICES = ("verifyCredentials", "getMetaModel", "selectModel")
 log = logging.getLogger("oarlock.service")
@@ -69,7 +69,7 @@ def _dispatch(name: str, component: Component, cfg: dict[str, Any], env: Mapping
     target = getattr(module, method, None)
     if not callable(target):
         raise ConfigurationError(f"function {function!r} does not define {method}(cfg)")
-    return _run_maybe_async(target(cfg))
+    return run_maybe_async(target(cfg))
 
 
 def post_result(url: str, result: dict[str, Any]) -> None:

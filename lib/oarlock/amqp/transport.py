@@ -9,18 +9,22 @@ blocking round trip per message. A mandatory publish that comes back unroutable
 (basic.return) or is nacked fails its future with PublishError. When a connection drops,
 every pending future fails, acks for deliveries of the dead connection are dropped (the
 broker redelivers them), and the transport reconnects with backoff.
+
+The hot path (:mod:`oarlock.amqp.hotpath`: deliveries and confirms read straight from the
+receive buffer, publishes marshalled in one go, a turn's frames written at once) is a layer on
+top of pika's ``SelectConnection``. ``OARLOCK_AMQP_HOT_PATH=off`` (or ``hot_path=False``) runs on
+plain pika instead: the same behaviour, pika's own code for every frame.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import pika
 import pika.channel
@@ -29,50 +33,13 @@ import pika.frame
 import pika.spec
 from pika.adapters.select_connection import IOLoop
 
+from oarlock.amqp.acks import AckWindow
+from oarlock.amqp.fieldtable import FastProperties
+from oarlock.amqp.hotpath import HotPathConnection
+from oarlock.amqp.types import Confirm, Incoming, IncomingHandler, Outgoing
 from oarlock.errors import PublishError, TransportError
-from oarlock.transport.acks import AckWindow
-from oarlock.transport.fieldtable import FastProperties
-from oarlock.transport.hotpath import HotPathConnection
 
 log = logging.getLogger("oarlock.amqp")
-
-
-class Delivery(NamedTuple):
-    """One message as the broker delivered it (cheap to build: one per message)."""
-
-    generation: int
-    delivery_tag: int
-    properties: pika.spec.BasicProperties
-    body: bytes
-    redelivered: bool
-    routing_key: str
-    exchange: str
-
-
-class Confirm:
-    """The broker's answer to one publish. Resolved on the I/O thread; its callbacks run there too."""
-
-    __slots__ = ("_callbacks", "done", "error")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.error: BaseException | None = None
-        self._callbacks: list[Callable[[], None]] = []
-
-    def resolve(self, error: BaseException | None = None) -> None:
-        if self.done:
-            return
-        self.done, self.error = True, error
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
-
-    def on_done(self, callback: Callable[[], None]) -> None:
-        """I/O thread only."""
-        if self.done:
-            callback()
-        else:
-            self._callbacks.append(callback)
 
 
 @dataclass
@@ -84,19 +51,35 @@ class _Pending:
     returned: bool = False
 
 
-DeliveryHandler = Callable[[Delivery], None]
+HOT_PATH_ENV = "OARLOCK_AMQP_HOT_PATH"
+
+
+def hot_path_enabled(env: Mapping[str, str]) -> bool:
+    """The hot path is on unless ``OARLOCK_AMQP_HOT_PATH`` is 0, off, false or no."""
+    return env.get(HOT_PATH_ENV, "on").strip().lower() not in ("0", "off", "false", "no")
 
 
 class AmqpTransport:
-    def __init__(self, amqp_uri: str, *, name: str = "oarlock", reconnect_max_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        amqp_uri: str,
+        *,
+        name: str = "oarlock",
+        reconnect_max_seconds: float = 30.0,
+        hot_path: bool | None = None,
+    ) -> None:
+        self.hot_path = hot_path_enabled(os.environ) if hot_path is None else hot_path
+        self._connection_class: type[pika.SelectConnection] = (
+            HotPathConnection if self.hot_path else pika.SelectConnection
+        )
         self._params = pika.URLParameters(amqp_uri)
         self._params.heartbeat = self._params.heartbeat or 30
         self._params.client_properties = {"connection_name": name, "product": "oarlock"}
         self._ioloop = IOLoop()
         self._thread: threading.Thread | None = None
         self._reconnect_max = reconnect_max_seconds
-        self._consume_conn: HotPathConnection | None = None
-        self._publish_conn: HotPathConnection | None = None
+        self._consume_conn: pika.SelectConnection | None = None
+        self._publish_conn: pika.SelectConnection | None = None
         self._consume_channel: pika.channel.Channel | None = None
         self._publish_channel: pika.channel.Channel | None = None
         self._consumer_tag: str | None = None
@@ -104,7 +87,7 @@ class AmqpTransport:
         self._ack_flush_scheduled = False
         self._queue: str | None = None
         self._prefetch = 1
-        self._handler: DeliveryHandler | None = None
+        self._handler: IncomingHandler | None = None
         self._consuming_wanted = False
         self._pending: dict[int, _Pending] = {}
         self._next_tag = 0
@@ -184,6 +167,8 @@ class AmqpTransport:
         thread waits for the interpreter lock after each one: what is ready leaves at once.
         """
         self._flush_acks()
+        if not self.hot_path:
+            return
         for connection in (self._publish_conn, self._consume_conn):
             if connection is not None:
                 connection.flush_outgoing()
@@ -194,21 +179,22 @@ class AmqpTransport:
             return
         self._ready.clear()
         self.generation += 1
-        self._consume_conn = HotPathConnection(
+        self._consume_conn = self._connection_class(
             self._params,
             on_open_callback=self._on_consume_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
             custom_ioloop=self._ioloop,
         )
-        self._publish_conn = HotPathConnection(
+        self._publish_conn = self._connection_class(
             self._params,
             on_open_callback=self._on_publish_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
             custom_ioloop=self._ioloop,
         )
-        self._consume_conn.after_read = self._publish_conn.after_read = self._send_now
+        if isinstance(self._consume_conn, HotPathConnection) and isinstance(self._publish_conn, HotPathConnection):
+            self._consume_conn.after_read = self._publish_conn.after_read = self._send_now
 
     def _on_open_error(self, conn: pika.SelectConnection, error: BaseException | str) -> None:
         self.last_error = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
@@ -259,7 +245,7 @@ class AmqpTransport:
         channel.add_on_return_callback(self._on_return)
         self._next_tag = 0
         channel.confirm_delivery(self._on_confirm_frame, callback=lambda _frame: self._check_ready())
-        if self._publish_conn is not None:
+        if isinstance(self._publish_conn, HotPathConnection):
             self._publish_conn.listen_for_confirms(channel.channel_number, self._on_confirm)
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
@@ -283,7 +269,7 @@ class AmqpTransport:
                 self._start_consuming()
 
     # -- consuming ---------------------------------------------------------------------------------
-    def consume(self, queue: str, prefetch: int, handler: DeliveryHandler) -> None:
+    def consume(self, queue: str, prefetch: int, handler: IncomingHandler) -> None:
         """Start consuming (any thread); resumes by itself after every reconnect."""
 
         def begin() -> None:
@@ -316,14 +302,17 @@ class AmqpTransport:
                 self._consume_channel.basic_reject(method.delivery_tag, requeue=True)
             return
         self._handler(
-            Delivery(
+            Incoming(
                 generation,
                 method.delivery_tag,
-                properties,
+                properties.headers or {},
                 body,
                 bool(method.redelivered),
                 method.routing_key or "",
                 method.exchange or "",
+                properties.content_type,
+                properties.content_encoding,
+                properties.delivery_mode,
             )
         )
 
@@ -357,13 +346,13 @@ class AmqpTransport:
         self.call(ask)
         return result
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Incoming) -> None:
         self.call(lambda: self._settle(delivery, ack=True, requeue=False))
 
-    def reject(self, delivery: Delivery, *, requeue: bool) -> None:
+    def reject(self, delivery: Incoming, *, requeue: bool) -> None:
         self.call(lambda: self._settle(delivery, ack=False, requeue=requeue))
 
-    def _settle(self, delivery: Delivery, *, ack: bool, requeue: bool) -> None:
+    def _settle(self, delivery: Incoming, *, ack: bool, requeue: bool) -> None:
         channel = self._consume_channel
         if delivery.generation != self.generation or channel is None or not channel.is_open:
             log.info("not settling delivery %s of a lost connection: the broker redelivers it", delivery.delivery_tag)
@@ -390,9 +379,11 @@ class AmqpTransport:
             channel.basic_ack(tag)
 
     # -- publishing --------------------------------------------------------------------------------
-    def publish(self, exchange: str, routing_key: str, body: bytes, properties: pika.spec.BasicProperties) -> Confirm:
+    def publish(self, message: Outgoing) -> Confirm:
         """Publish with mandatory=True (any thread); the Confirm resolves on the broker's answer."""
         confirm = Confirm()
+        exchange, routing_key, body = message.exchange, message.routing_key, message.body
+        properties = _properties(message)
 
         def send() -> None:
             channel, connection = self._publish_channel, self._publish_conn
@@ -402,7 +393,10 @@ class AmqpTransport:
             self._next_tag += 1
             self._pending[self._next_tag] = _Pending(confirm, exchange, routing_key, body)
             try:
-                connection.publish(channel, exchange, routing_key, body, properties, mandatory=True)
+                if isinstance(connection, HotPathConnection):
+                    connection.publish(channel, exchange, routing_key, body, properties, mandatory=True)
+                else:
+                    channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
             except pika.exceptions.AMQPError as exc:
                 self._pending.pop(self._next_tag, None)
                 confirm.resolve(TransportError(f"publish to {exchange}/{routing_key} failed: {exc!r}"))
@@ -474,15 +468,11 @@ class AmqpTransport:
                 )
 
 
-def properties(headers: dict[str, Any], *, persistent: bool, expiration: str | None = None) -> pika.BasicProperties:
+def _properties(message: Outgoing) -> pika.BasicProperties:
     return FastProperties(
-        content_type="application/json",
-        content_encoding="utf8",
-        headers=headers,
-        delivery_mode=2 if persistent else 1,
-        expiration=expiration,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        headers=message.headers,
+        delivery_mode=2 if message.persistent else 1,
+        expiration=message.expiration,
     )
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

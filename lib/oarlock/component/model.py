@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 import jsonschema
 
-from oarlock.credentials.redact import redact_text
 from oarlock.errors import ComponentError
 from oarlock.jsontypes import json_type
+from oarlock.redact import redact_text
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 JAVA_CLASS = re.compile(r"^[a-z][\w]*(\.[\w$]+)+$")
@@ -66,7 +66,7 @@ class FunctionSpec:
 @cache
 def component_schema() -> dict[str, Any]:
     """The published JSON Schema of component.json (shipped in ``oarlock/schema``)."""
-    text = resources.files("oarlock").joinpath("schema/component.schema.json").read_text(encoding="utf-8")
+    text = resources.files("oarlock.component").joinpath("schema/component.schema.json").read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 

@@ -1,13 +1,15 @@
 """Run one function call: hooks, metadata.in check, return value, errors -> events.
 
-The executor knows nothing about transports: events go to a sink callback the moment
-they are emitted (so a transport can publish while the function still runs) and are
-also collected in the :class:`CallResult`.
+The executor knows nothing about transports: the caller hands it an
+:class:`~oarlock.protocol.events.EventSink`; for each call it wraps that sink in a
+:class:`CallSink` (normalised payloads, error events redacted, everything collected in the
+:class:`CallResult`) and gives that one object to the context and, through it, to the
+credential manager. Events reach the caller's sink the moment they are emitted, so a
+transport can publish while the function still runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import os
@@ -18,14 +20,15 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from oarlock.component import Component, FunctionSpec
-from oarlock.context import Context
-from oarlock.credentials.redact import redact, redact_text, register_credential
+from oarlock.awaitables import run_maybe_async
+from oarlock.component.inputschema import InputValidator
+from oarlock.component.model import Component, FunctionSpec
 from oarlock.errors import ComponentError, OarlockError
-from oarlock.events import Event, EventName, EventSink, error_payload, normalise
-from oarlock.inputschema import InputValidator
 from oarlock.jsoncopy import copy_json
-from oarlock.message import Message
+from oarlock.protocol.events import Event, EventName, EventSink, error_payload, normalise
+from oarlock.protocol.message import Message
+from oarlock.redact import redact, redact_text, register_credential
+from oarlock.runtime.context import Context
 
 if TYPE_CHECKING:
     from oarlock.credentials.manager import CredentialManager
@@ -89,7 +92,7 @@ class FunctionRunner:
         if hook is None:
             return None
         try:
-            return _run_maybe_async(hook(*args))
+            return run_maybe_async(hook(*args))
         except Exception as exc:
             raise ComponentError(f"{name}() of {self.spec.main} failed: {redact_text(str(exc))}") from None
 
@@ -116,22 +119,13 @@ class FunctionRunner:
         """Run ``process`` for one message. Never raises for function errors: they become error events."""
         started = time.monotonic()
         result = CallResult(snapshot=copy_json(dict(snapshot)) if snapshot else {})
-        lock = threading.Lock()
-
-        def emit(name: str, payload: Any = None) -> None:
-            event = normalise(name, payload)
-            if event.name is EventName.ERROR:
-                event = Event(event.name, redact(event.payload))
-            with lock:
-                _apply(result, event)
-            if sink is not None:
-                sink(event)
+        events = CallSink(result, sink)
 
         try:
             call_cfg = self.prepare_cfg(cfg)
             self._validator.check(message.body)
             ctx = Context(
-                emit=emit,
+                sink=events,
                 message=message,
                 cfg=call_cfg,
                 snapshot=result.snapshot,
@@ -141,15 +135,15 @@ class FunctionRunner:
             )
             try:
                 args = (message, call_cfg, result.snapshot, ctx)[: self._params]
-                returned = _run_maybe_async(self._process(*args))
+                returned = run_maybe_async(self._process(*args))
             finally:
                 ctx.close()
             if returned is not None:
-                emit("data", returned)
+                events.emit(normalise("data", returned))
         except Exception as exc:  # a function's failure is an event, never a crash of the runtime
             if not isinstance(exc, OarlockError):
                 log.debug("function %s raised", self.spec.name, exc_info=True)
-            emit("error", error_payload(exc))
+            events.emit(Event(EventName.ERROR, error_payload(exc)))
         result.duration_ms = (time.monotonic() - started) * 1000
         return result
 
@@ -182,8 +176,25 @@ class UnloadableFunction:
     ) -> CallResult:
         event = Event(EventName.ERROR, {"name": self.error.event_name, "message": str(self.error), "stack": ""})
         if sink is not None:
-            sink(event)
+            sink.emit(event)
         return CallResult(events=[event], errored=True, snapshot=dict(snapshot or {}))
+
+
+class CallSink:
+    """One call's sink: error events redacted, every event recorded in the result, then passed on."""
+
+    def __init__(self, result: CallResult, outer: EventSink | None) -> None:
+        self._result = result
+        self._outer = outer
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        if event.name is EventName.ERROR:
+            event = Event(event.name, redact(event.payload))
+        with self._lock:
+            _apply(self._result, event)
+        if self._outer is not None:
+            self._outer.emit(event)
 
 
 def _apply(result: CallResult, event: Event) -> None:
@@ -209,13 +220,3 @@ def _positional_count(func: Callable[..., Any]) -> int:
         return 4
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return min(len(positional), 4)
-
-
-def _run_maybe_async(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return asyncio.run(_await(value))
-    return value
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable

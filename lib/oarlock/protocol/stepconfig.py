@@ -10,9 +10,9 @@ from typing import Any
 
 import requests
 
-from oarlock.credentials.redact import register_credential
 from oarlock.errors import ConfigurationError
-from oarlock.settings import Settings
+from oarlock.protocol.settings import Settings
+from oarlock.redact import register_credential
 
 
 @dataclass

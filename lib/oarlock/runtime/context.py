@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from oarlock.message import Message
+from oarlock.credentials.auth import authorized_session
+from oarlock.protocol.events import EventSink, normalise
+from oarlock.protocol.message import Message
 
 if TYPE_CHECKING:
     from oarlock.credentials.manager import BoundCredential, CredentialManager
@@ -19,7 +21,8 @@ RefreshHook = Callable[[dict[str, Any], dict[str, Any]], Any]
 class Context:
     """Injected into every call of ``process(msg, cfg, snapshot, ctx)``.
 
-    - ``ctx.emit(event, payload)``: emit an event (PROTOCOL.md §5); unknown names raise EmitError.
+    - ``ctx.emit(event, payload)``: emit an event (PROTOCOL.md §5) into the call's sink; unknown names
+      raise EmitError. The credential manager emits its updateKeys into the same sink.
     - ``ctx.http``: a ``requests.Session`` whose auth keeps the OAuth2 credential of ``cfg`` alive
       (proactive refresh, refresh + one resend on 401). Built on first use.
     - ``ctx.credentials``: the bound credential (``.access_token()`` gives a fresh token) or None.
@@ -30,7 +33,7 @@ class Context:
     def __init__(
         self,
         *,
-        emit: Callable[[str, Any], None],
+        sink: EventSink,
         message: Message,
         cfg: dict[str, Any],
         snapshot: dict[str, Any],
@@ -38,7 +41,7 @@ class Context:
         credentials: CredentialManager | None = None,
         refresh_hook: RefreshHook | None = None,
     ) -> None:
-        self._emit = emit
+        self._sink = sink
         self.message = message
         self.cfg = cfg
         self.snapshot = snapshot
@@ -49,10 +52,7 @@ class Context:
         self._bound: BoundCredential | None = None
 
     def emit(self, event: str, payload: Any = None) -> None:
-        self._emit(event, payload)
-
-    def _on_update(self, payload: dict[str, Any]) -> None:
-        self._emit("updateKeys", payload)
+        self._sink.emit(normalise(event, payload))
 
     @property
     def has_oauth(self) -> bool:
@@ -62,8 +62,8 @@ class Context:
     def http(self) -> requests.Session:
         if self._http is None:
             if self._credentials is not None and self.has_oauth:
-                self._http = self._credentials.session(
-                    self.cfg, on_update=self._on_update, refresh_hook=self._refresh_hook
+                self._http = authorized_session(
+                    self._credentials, self.cfg, sink=self._sink, refresh_hook=self._refresh_hook
                 )
             else:
                 self._http = _static_session(self.cfg)
@@ -74,9 +74,7 @@ class Context:
         if self._credentials is None or not self.has_oauth:
             return None
         if self._bound is None:
-            self._bound = self._credentials.credential(
-                self.cfg, on_update=self._on_update, refresh_hook=self._refresh_hook
-            )
+            self._bound = self._credentials.credential(self.cfg, sink=self._sink, refresh_hook=self._refresh_hook)
         return self._bound
 
     def close(self) -> None:

@@ -1,0 +1,1 @@
+"""AMQP: the only package that imports pika (a Transport with neutral Incoming/Outgoing types)."""

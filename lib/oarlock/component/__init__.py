@@ -1,0 +1,1 @@
+"""A component: component.json model, its validation, and input schemas."""

@@ -1,0 +1,207 @@
+"""Event -> what goes on the wire: routing key, body, headers, expiration (PROTOCOL.md §3, §5). No I/O.
+
+:class:`OutgoingEncoder` turns one event a function emitted for one input into the
+:class:`~oarlock.amqp.types.Outgoing` messages sailor publishes for it:
+
+- ``data``: the message encrypted with the step's protocol version, to ``x-eio-routing-key``
+  (popped from the message's headers) or the data routing key; with a passthrough step the
+  input (without its own passthrough) is kept under ``passthrough[STEP_ID]``;
+- ``error``: ``{"error": <encrypted error>, "errorInput": …}`` to the error routing key, and
+  the encrypted error to ``reply_to`` (``x-eio-error-response``) unless error replies are off;
+- ``rebound``: the original body with growing expiration (``2^(n-1) * initial``), or past the
+  rebound limit an error;
+- ``snapshot`` / ``updateSnapshot``: the JSON payload in clear, with ``snapshotEvent``;
+- ``updateKeys``: encrypted, to the updateKeys routing key;
+- ``httpReply``: encrypted (protocol 1) to ``reply_to``; without one an EncodeError.
+
+Size limits raise :class:`~oarlock.errors.EncodeError`; the worker turns that into an error
+event. The clock and the id source can be injected, so every rule is unit-tested as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from oarlock.amqp.types import Outgoing, now_ms
+from oarlock.errors import EncodeError
+from oarlock.protocol.crypto import MessageCipher, dumps
+from oarlock.protocol.events import Event, EventName
+from oarlock.protocol.headers import routing_key_override
+from oarlock.protocol.message import Message, new_id
+from oarlock.protocol.settings import Settings
+from oarlock.redact import redact, redact_text
+
+REBOUND_LIMIT_ERROR = {"name": "Error", "message": "Rebound limit exceeded", "stack": ""}
+
+
+@dataclass
+class InputView:
+    """What encoding needs of the input an event belongs to."""
+
+    incoming: Mapping[str, Any]  # the input's AMQP headers
+    base: dict[str, Any]  # the outgoing header set of this input (OutgoingHeaders.for_input)
+    body: bytes  # the input's body as delivered
+    content: Any = None  # the decrypted body, None when it could not be decoded
+    message: Message | None = None
+    content_type: str | None = None
+    content_encoding: str | None = None
+    delivery_mode: int | None = None
+
+    @property
+    def protocol_version(self) -> int:
+        return int(self.incoming.get("protocolVersion") or 1)
+
+
+class Encoded(NamedTuple):
+    messages: list[Outgoing]
+    is_error: bool  # what was published is an error of the input (it is rejected once confirmed)
+
+
+class OutgoingEncoder:
+    def __init__(
+        self,
+        settings: Settings,
+        cipher: MessageCipher,
+        *,
+        is_passthrough: bool = False,
+        clock_ms: Callable[[], int] = now_ms,
+        ids: Callable[[], str] = new_id,
+    ) -> None:
+        self.settings = settings
+        self.cipher = cipher
+        self.is_passthrough = is_passthrough
+        self._clock_ms = clock_ms
+        self._ids = ids
+
+    def encode(self, view: InputView, event: Event) -> Encoded:
+        """The messages one event becomes (none for ``end``); EncodeError when it cannot be published."""
+        name = event.name
+        if name is EventName.DATA:
+            return Encoded([self.data(view, event.payload)], False)
+        if name is EventName.ERROR:
+            return Encoded(self.error(view, event.payload), True)
+        if name is EventName.REBOUND:
+            rebound = self.rebound(view, event.payload)
+            if rebound is None:
+                return Encoded(self.error(view, REBOUND_LIMIT_ERROR), True)
+            return Encoded([rebound], False)
+        if name in (EventName.SNAPSHOT, EventName.UPDATE_SNAPSHOT):
+            return Encoded([self.snapshot(view, event)], False)
+        if name is EventName.UPDATE_KEYS:
+            return Encoded([self.update_keys(view, event.payload)], False)
+        if name is EventName.HTTP_REPLY:
+            return Encoded([self.http_reply(view, event.payload)], False)
+        return Encoded([], False)
+
+    # -- one per event ------------------------------------------------------------------------------
+    def data(self, view: InputView, emitted: Message) -> Outgoing:
+        # a shallow copy with its own headers: popping the routing-key header must not touch the function's object
+        message = Message(
+            emitted.body, dict(emitted.headers), emitted.attachments, emitted.id, emitted.passthrough, emitted.extra
+        )
+        routing_key = routing_key_override(message.headers) or self.settings.data_routing_key
+        if self.is_passthrough and view.message is not None:
+            incoming = view.message.to_dict()
+            previous = incoming.pop("passthrough", None) or {}
+            message.passthrough = {**previous, self.settings.step_id: incoming}
+        body = self.cipher.encrypt(message.to_dict(), self.settings.protocol_version)
+        self._check_size(body, "data")
+        return self._to(routing_key, body, self.headers(view, message_id=message.id, end=True))
+
+    def error(self, view: InputView, payload: Any) -> list[Outgoing]:
+        error = redact(payload)
+        encrypted_error = self.cipher.encrypt(error, 1).decode()
+        body: dict[str, Any] = {"error": encrypted_error}
+        # as sailor: the original body as it came for protocol 1 (base64 text), re-encrypted as base64 for 2
+        if view.protocol_version >= 2 and view.content is not None:
+            body["errorInput"] = self.cipher.encrypt(view.content, 1).decode()
+        elif view.body:
+            body["errorInput"] = _as_text(view.body)
+        out = [self._to(self.settings.error_routing_key, dumps(body).encode(), self.headers(view, end=True))]
+        reply_to = view.incoming.get("reply_to")
+        if reply_to and not self.settings.no_error_replies:
+            reply_headers = {**self.headers(view), "x-eio-error-response": True}
+            out.append(self._to(str(reply_to), encrypted_error.encode(), reply_headers))
+        return out
+
+    def rebound(self, view: InputView, payload: Any) -> Outgoing | None:
+        """The input again, delayed; None once the rebound limit is passed."""
+        iteration = int(view.incoming.get("reboundIteration") or 0) + 1
+        if iteration > self.settings.rebound_limit:
+            return None
+        expiration = str(2 ** (iteration - 1) * self.settings.rebound_initial_expiration)
+        # the outgoing header set (a new messageId, parentMessageId = this input) like sailor, but the body is the
+        # original bytes, so its protocolVersion is the incoming one
+        headers = {
+            **self.headers(view),
+            "protocolVersion": view.protocol_version,
+            "reboundIteration": iteration,
+            "reboundReason": rebound_reason(payload),
+        }
+        return Outgoing(
+            self.settings.publish_messages_to,
+            self.settings.rebound_routing_key,
+            view.body,
+            headers,
+            persistent=(view.delivery_mode or (2 if self.settings.persistent_messages else 1)) == 2,
+            expiration=expiration,
+            content_type=view.content_type or "application/json",
+            content_encoding=view.content_encoding or "utf8",
+        )
+
+    def snapshot(self, view: InputView, event: Event) -> Outgoing:
+        headers = {**self.headers(view), "snapshotEvent": event.name.value}
+        return self._to(self.settings.snapshot_routing_key, dumps(event.payload).encode(), headers)
+
+    def update_keys(self, view: InputView, payload: dict[str, Any]) -> Outgoing:
+        body = self.cipher.encrypt(payload, self.settings.protocol_version)
+        return self._to(self.settings.update_keys_routing_key, body, self.headers(view))
+
+    def http_reply(self, view: InputView, payload: dict[str, Any]) -> Outgoing:
+        reply_to = view.incoming.get("reply_to")
+        if not reply_to:
+            raise EncodeError("httpReply needs the incoming message to carry a reply_to header")
+        body = self.cipher.encrypt(payload, 1)
+        self._check_size(body, "httpReply")
+        return self._to(str(reply_to), body, self.headers(view))
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def headers(self, view: InputView, *, message_id: str | None = None, end: bool = False) -> dict[str, Any]:
+        headers = dict(view.base)
+        headers["messageId"] = message_id or self._ids()
+        if end:
+            headers["end"] = self._clock_ms()
+        return headers
+
+    def _to(self, routing_key: str, body: bytes, headers: dict[str, Any]) -> Outgoing:
+        return Outgoing(
+            self.settings.publish_messages_to, routing_key, body, headers, persistent=self.settings.persistent_messages
+        )
+
+    def _check_size(self, body: bytes, what: str) -> None:
+        limit = self.settings.outgoing_message_size_limit
+        if len(body) > limit:
+            raise EncodeError(
+                f"outgoing {what} message is {len(body)} bytes, over the limit of {limit} bytes "
+                "(ELASTICIO_OUTGOING_MESSAGE_SIZE_LIMIT)"
+            )
+
+
+def rebound_reason(payload: Any) -> str:
+    if isinstance(payload, Message):
+        body = payload.body
+        if isinstance(body, dict) and body.get("message"):
+            return redact_text(str(body["message"]))
+        if isinstance(body, str):
+            return redact_text(body)
+    return "rebound"
+
+
+def _as_text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode()

@@ -1,0 +1,207 @@
+"""Local mode in one place: ``oarlock call``, JSON lines in, JSON lines out, no broker.
+
+:class:`LocalCall` wires the component, the credential manager and the embedded keys store
+for one run; :class:`LocalRun` is the JSON-lines transport. Each input line is a message ``{"body": …, "headers": …}``; each emitted event is written
+as one line ``{"event": NAME, "data": PAYLOAD, "input": INDEX}`` (INDEX counts input
+lines from 0). A line that is not a JSON object produces an error event for that line
+and the other lines still run. Snapshot changes persist across the messages of one run.
+An updateKeys of the refresh engine was already written to the keys store by the engine
+(inside the store's lock: the store owns that write); one the function emitted itself is
+written here, the moment it is emitted. On stdout their tokens are masked unless
+``reveal`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+from oarlock.component.model import Component
+from oarlock.credentials.manager import CredentialManager
+from oarlock.errors import ConfigurationError, DecodeError, OarlockError
+from oarlock.keys.store import KeyStore, apply_update_keys, open_store
+from oarlock.protocol.events import Event, EventName, error_payload
+from oarlock.protocol.message import Message
+from oarlock.redact import redact
+from oarlock.runtime.executor import FunctionRunner
+
+
+class LocalRun:
+    """Runs messages through a FunctionRunner and writes their events as JSON lines."""
+
+    def __init__(
+        self,
+        runner: FunctionRunner,
+        cfg: dict[str, Any],
+        *,
+        out: IO[str],
+        snapshot: dict[str, Any] | None = None,
+        keys: KeyStore | None = None,
+        concurrency: int = 1,
+        reveal: bool = False,
+    ) -> None:
+        self.runner = runner
+        self.cfg = cfg
+        self.out = out
+        self.snapshot: dict[str, Any] = dict(snapshot or {})
+        self.keys = keys
+        self.concurrency = max(1, concurrency)
+        self.reveal = reveal
+        self.errors = 0
+        self.events = 0
+        self._lock = threading.Lock()
+
+    def run_lines(self, lines: Iterable[str]) -> None:
+        """Process JSON lines (blank lines are skipped), ``concurrency`` at a time."""
+        numbered = ((i, line) for i, line in enumerate(line for line in lines if line.strip()))
+        if self.concurrency == 1:
+            for index, line in numbered:
+                self._run_line(index, line)
+            return
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="oarlock-call") as pool:
+            for future in [pool.submit(self._run_line, i, line) for i, line in numbered]:
+                future.result()
+
+    def run_message(self, index: int, message: Message) -> None:
+        with self._lock:
+            snapshot = dict(self.snapshot)
+        self.runner.call(message, self.cfg, snapshot, sink=_LineSink(self, index))
+
+    def _run_line(self, index: int, line: str) -> None:
+        try:
+            message = _parse_line(index, line)
+        except OarlockError as exc:
+            self._on_event(index, Event(EventName.ERROR, redact(error_payload(exc))))
+            return
+        self.run_message(index, message)
+
+    def _on_event(self, index: int, event: Event) -> None:
+        if event.name is EventName.UPDATE_KEYS and self.keys is not None and not event.persisted:
+            apply_update_keys(self.keys, event.payload)
+        with self._lock:
+            self.events += 1
+            if event.name is EventName.ERROR:
+                self.errors += 1
+            elif event.name is EventName.SNAPSHOT:
+                self.snapshot = dict(event.payload)
+            elif event.name is EventName.UPDATE_SNAPSHOT:
+                self.snapshot.update(event.payload)
+            data = event.payload_json()
+            if event.name is EventName.UPDATE_KEYS and not self.reveal:
+                data = redact(data)
+            line = {"event": event.name.value, "data": data, "input": index}
+            self.out.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+            self.out.flush()
+
+
+class _LineSink:
+    """The events of one input line."""
+
+    def __init__(self, run: LocalRun, index: int) -> None:
+        self._run, self._index = run, index
+
+    def emit(self, event: Event) -> None:
+        self._run._on_event(self._index, event)
+
+
+def _parse_line(index: int, line: str) -> Message:
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise DecodeError(f"input line {index + 1} is not valid JSON: {exc}") from None
+    return Message.from_dict(data, where=f"input line {index + 1}")
+
+
+log = logging.getLogger("oarlock.call")
+
+
+class LocalCall:
+    """Wires component, credentials, keys store and the JSON-lines transport for one run."""
+
+    def __init__(
+        self,
+        component_dir: str | Path,
+        function: str,
+        cfg: dict[str, Any],
+        *,
+        snapshot_path: str | None = None,
+        keys_url: str | None = None,
+        concurrency: int = 1,
+        reveal: bool = False,
+        out: IO[str] | None = None,
+    ) -> None:
+        self.snapshot_path = Path(snapshot_path) if snapshot_path else None
+        self.keys = open_store(keys_url) if keys_url else None
+        cfg = self._start_from_stored(cfg)
+        self.credentials = CredentialManager(coordinator=self.keys)
+        component = Component.load(component_dir)
+        self.runner = FunctionRunner(component, function, credentials=self.credentials)
+        self.runner.init(cfg)
+        self.local = LocalRun(
+            self.runner,
+            cfg,
+            out=out or sys.stdout,
+            snapshot=self._read_snapshot(),
+            keys=self.keys,
+            concurrency=concurrency,
+            reveal=reveal,
+        )
+
+    def _start_from_stored(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Replace a stale credential of the cfg file by the newest stored one for the same ``_account``."""
+        account = cfg.get("_account")
+        oauth = cfg.get("oauth")
+        if self.keys is None or not isinstance(account, str) or not isinstance(oauth, dict):
+            return cfg
+        stored = self.keys.get(account)
+        if stored is None:
+            return cfg
+        obtained_at = oauth.get("obtained_at")
+        cfg_version = (
+            int(float(obtained_at) * 1000) if isinstance(obtained_at, (int, float, str)) and _num(obtained_at) else 0
+        )
+        if stored.version <= cfg_version:
+            return cfg
+        log.info(
+            "account %s: starting from the stored credential (version %s), newer than the cfg file",
+            account,
+            stored.version,
+            extra={"account": account, "version": stored.version},
+        )
+        return {**cfg, "oauth": dict(stored.oauth)}
+
+    def _read_snapshot(self) -> dict[str, Any]:
+        if self.snapshot_path is None or not self.snapshot_path.exists():
+            return {}
+        try:
+            data = json.loads(self.snapshot_path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"snapshot file {self.snapshot_path} cannot be read as JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"snapshot file {self.snapshot_path} must hold a JSON object")
+        return data
+
+    def run(self, lines: Iterable[str]) -> int:
+        """Process the lines; returns the number of error events."""
+        try:
+            self.local.run_lines(lines)
+        finally:
+            if self.snapshot_path is not None:
+                self.snapshot_path.write_text(json.dumps(self.local.snapshot, ensure_ascii=False, indent=2) + "\n")
+            if self.keys is not None:
+                self.keys.close()
+        return self.local.errors
+
+
+def _num(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
