@@ -11,8 +11,9 @@ Two like-for-like pairs, each on 1 KB messages, prefetch 100, publisher confirms
    of any runtime (decrypt, re-encrypt, publish with sailor's header set), against oarlock on the
    same messages. oarlock's encrypted rate is also given against the bare ceiling of pair 1.
 
-For context: oarlock at concurrency 1, and the raw loop using oarlock's transport techniques
-(coalesced writes, multiple acks). Then the I/O-bound case: an action making one call to the dev
+For context: oarlock at concurrency 1, oarlock with its AMQP hot path off
+(``OARLOCK_AMQP_HOT_PATH=off``: plain pika for every frame; the ratio off / on is printed per
+round), and the raw loop using oarlock's transport techniques (coalesced writes, multiple acks). Then the I/O-bound case: an action making one call to the dev
 provider's API with 50 ms added latency, at concurrency 1, 16 and 64.
 
 Every runner is measured ``--rounds`` times, the rounds interleaved (a 2-core machine's speed
@@ -76,6 +77,7 @@ def run_oarlock(
     prefetch: int,
     concurrency: int,
     cfg: dict[str, Any] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """msgs/s (the fixed cost of starting and of detecting the empty queue removed) and peak RSS in MB."""
     cfg_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"oarlock-bench-cfg-{os.getpid()}.json"
@@ -85,6 +87,7 @@ def run_oarlock(
         **broker.env(function),
         "ELASTICIO_RABBITMQ_PREFETCH_SAILOR": str(prefetch),
         "ELASTICIO_LOG_LEVEL": "warning",
+        **(extra_env or {}),
     }
     started = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -242,14 +245,17 @@ RUNNERS = {
     "raw_sailor": "raw pika + decrypt, encrypt, sailor headers",
     "oarlock": "oarlock run, concurrency {prefetch} (the default: the prefetch)",
     "oarlock_1": "oarlock run, concurrency 1",
+    "oarlock_plain_pika": "oarlock run, concurrency {prefetch}, hot path off (OARLOCK_AMQP_HOT_PATH=off)",
     "raw_tuned": "raw pika + coalesced writes, multiple acks",
 }
 RATIOS = {  # printed per round: each like-for-like pair, then encrypted oarlock against the bare ceiling
     "plaintext: oarlock / raw pika": ("oarlock_plain", "raw"),
     "encrypted: oarlock / raw pika": ("oarlock", "raw_sailor"),
     "encrypted oarlock / plaintext raw pika": ("oarlock", "raw"),
+    "encrypted oarlock, hot path off / on": ("oarlock_plain_pika", "oarlock"),
 }
-ENCRYPTED = {"raw_sailor", "oarlock", "oarlock_1"}
+ENCRYPTED = {"raw_sailor", "oarlock", "oarlock_1", "oarlock_plain_pika"}
+HOT_PATH_OFF = {"OARLOCK_AMQP_HOT_PATH": "off"}
 
 
 def one_round(
@@ -267,7 +273,10 @@ def one_round(
             results[name] = (rate, 0.0)
         else:
             concurrency = 1 if name == "oarlock_1" else prefetch
-            results[name] = run_oarlock(broker, "passthrough", messages, prefetch=prefetch, concurrency=concurrency)
+            extra = HOT_PATH_OFF if name == "oarlock_plain_pika" else None
+            results[name] = run_oarlock(
+                broker, "passthrough", messages, prefetch=prefetch, concurrency=concurrency, extra_env=extra
+            )
     return results
 
 

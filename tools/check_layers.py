@@ -33,8 +33,8 @@ LAYERS: list[tuple[str, ...]] = [
 PIKA_HOME = "oarlock.amqp"
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -71,7 +71,7 @@ def imports_of(path: Path, module: str, known: set[str]) -> list[tuple[int, str]
 
 
 def check(root: Path = ROOT) -> list[str]:
-    files = {module_name(p): p for p in sorted(root.rglob("*.py"))}
+    files = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
     known = set(files)
     problems: list[str] = []
     graph: dict[str, set[str]] = {name: set() for name in files}

@@ -40,6 +40,7 @@ def test_the_throughput_benchmark_prints_both_pairs_their_ratios_and_the_io_boun
     assert ("encrypted", "raw pika + decrypt, encrypt, sailor headers") in runners
     assert ("encrypted", "oarlock run, concurrency 100 (the default: the prefetch)") in runners
     assert ("encrypted", "oarlock run, concurrency 1") in runners
+    assert ("encrypted", "oarlock run, concurrency 100, hot path off (OARLOCK_AMQP_HOT_PATH=off)") in runners
     for row in rows:
         if row[0] in ("plaintext", "encrypted"):
             assert NUMBER.match(row[2]), row
@@ -49,6 +50,7 @@ def test_the_throughput_benchmark_prints_both_pairs_their_ratios_and_the_io_boun
                 assert NUMBER.match(row[3]), row
     assert re.search(r"^plaintext: oarlock / raw pika per round [\d.]+ \(median [\d.]+\)$", output, re.M)
     assert re.search(r"^encrypted: oarlock / raw pika per round [\d.]+ \(median [\d.]+\)$", output, re.M)
+    assert re.search(r"^encrypted oarlock, hot path off / on per round [\d.]+ \(median [\d.]+\)$", output, re.M)
     assert re.search(r"^peak RSS of any oarlock run [\d.]+ MB$", output, re.M)
     io_rows = {row[0]: row for row in rows if row[0] in ("1", "16", "64")}
     assert sorted(io_rows) == ["1", "16", "64"]

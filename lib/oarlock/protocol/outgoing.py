@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from oarlock.amqp.types import Outgoing, now_ms
-from oarlock.errors import EncodeError
+from oarlock.errors import DecodeError, EncodeError
 from oarlock.protocol.crypto import MessageCipher, dumps
 from oarlock.protocol.events import Event, EventName
 from oarlock.protocol.headers import routing_key_override
@@ -49,10 +49,21 @@ class InputView:
     content_type: str | None = None
     content_encoding: str | None = None
     delivery_mode: int | None = None
+    protocol_version: int = 1  # the input's, once read (protocol_version_of)
 
-    @property
-    def protocol_version(self) -> int:
-        return int(self.incoming.get("protocolVersion") or 1)
+
+def protocol_version_of(incoming: Mapping[str, Any]) -> int:
+    """The ``protocolVersion`` header as an integer (1 when absent); DecodeError naming a bad value."""
+    value = incoming.get("protocolVersion")
+    if value is None or value == "" or value == b"":
+        return 1
+    if isinstance(value, bool) or not isinstance(value, (int, str, bytes)):
+        raise DecodeError(f"the protocolVersion header must be an integer, got a {type(value).__name__}")
+    try:
+        version = int(value)
+    except ValueError:
+        raise DecodeError(f"the protocolVersion header must be an integer, got {str(value)[:40]!r}") from None
+    return version or 1
 
 
 class Encoded(NamedTuple):

@@ -6,6 +6,11 @@ the moment the function emits them, so confirms are pipelined while the function
 runs. A publish that comes back unroutable or nacked turns into an error event and a reject;
 a lost connection leaves the input unsettled so the broker redelivers it; a redelivered
 messageId that this process already finished is acked without running again.
+
+This module is the settlement loop only. What an event becomes on the wire is
+:mod:`oarlock.protocol.outgoing`; the broker is a :class:`~oarlock.amqp.types.Transport`
+given to the worker (``AmqpTransport`` in ``oarlock run``, ``MemoryTransport`` in the unit
+tests); each input's events arrive through one sink object (``_JobSink``) handed to the executor.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from oarlock.protocol.crypto import MessageCipher
 from oarlock.protocol.events import Event, EventName, error_payload
 from oarlock.protocol.headers import OutgoingHeaders
 from oarlock.protocol.message import Message
-from oarlock.protocol.outgoing import InputView, OutgoingEncoder
+from oarlock.protocol.outgoing import InputView, OutgoingEncoder, protocol_version_of
 from oarlock.protocol.settings import Settings
 from oarlock.protocol.stepconfig import StepConfig
 from oarlock.runtime.executor import FunctionRunner, UnloadableFunction
@@ -110,7 +115,8 @@ class Worker:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def run(self) -> int:
+    def start(self) -> None:
+        """Startup hooks, connect, consume: from here on deliveries are processed (on the transport's threads)."""
         if self.settings.startup_required:
             self.startup_data = self.runner.startup(self.cfg)
         self.runner.init(self.cfg)
@@ -123,13 +129,17 @@ class Worker:
             self.concurrency,
             extra=self._log_context(),
         )
+
+    def run(self) -> int:
+        """Start, process until stopped (or, with ``burst``, until the queue is empty), then shut down."""
+        self.start()
         try:
             while not self._stop.wait(0.25):
                 if self.burst and self._drained():
                     log.info("queue %s is empty: burst run finished", self.settings.listen_messages_on)
                     break
         finally:
-            self._shutdown()
+            self.stop()
         return 0
 
     def _drained(self) -> bool:
@@ -143,7 +153,8 @@ class Worker:
         with self._lock:
             return count == 0 and self._inflight == 0
 
-    def _shutdown(self) -> None:
+    def stop(self) -> None:
+        """Stop consuming, let in-flight inputs finish within the grace period, shutdown hook, close."""
         with contextlib.suppress(FutureTimeout, TransportError):
             self.transport.stop_consuming().result(5)
         deadline = time.monotonic() + self.grace
@@ -216,6 +227,7 @@ class Worker:
             self.transport.ack(delivery)
             return None
         try:
+            view.protocol_version = protocol_version_of(incoming)
             view.content = self.cipher.decrypt(delivery.body, view.protocol_version)
             view.message = Message.from_dict(view.content)
         except DecodeError as exc:

@@ -1,0 +1,140 @@
+"""protocol.outgoing: what each event becomes on the wire, as pure functions (no broker, fixed clock and ids)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from oarlock.errors import DecodeError, EncodeError
+from oarlock.protocol.crypto import MessageCipher
+from oarlock.protocol.events import Event, EventName
+from oarlock.protocol.message import Message
+from oarlock.protocol.outgoing import InputView, OutgoingEncoder, protocol_version_of
+from oarlock.redact import register_secret
+from tests.unit.test_worker_rules import settings_for
+
+CIPHER = MessageCipher("testCryptoPassword", "iv=any16_symbols")
+BASE = {"stepId": "step_1", "threadId": "t-1", "parentMessageId": "in-1", "protocolVersion": 1}
+
+
+def encoder(*, passthrough: bool = False, **env: str) -> OutgoingEncoder:
+    ids = iter(f"id-{n}" for n in range(100))
+    return OutgoingEncoder(
+        settings_for("echo", **env), CIPHER, is_passthrough=passthrough, clock_ms=lambda: 42, ids=lambda: next(ids)
+    )
+
+
+def view(incoming: dict[str, Any] | None = None, message: Message | None = None, body: bytes = b"raw") -> InputView:
+    incoming = incoming or {}
+    return InputView(
+        incoming,
+        dict(BASE),
+        body,
+        content=message.to_dict() if message else None,
+        message=message,
+        protocol_version=protocol_version_of(incoming),
+    )
+
+
+def test_data_goes_encrypted_to_the_data_routing_key_with_the_base_headers_its_id_and_end() -> None:
+    (out,), is_error = encoder().encode(view(), Event(EventName.DATA, Message({"a": 1}, id="out-1")))
+    assert not is_error and out.routing_key == "rk.data" and out.exchange == "exchange-1"
+    assert out.headers == {**BASE, "messageId": "out-1", "end": 42}
+    assert CIPHER.decrypt(out.body)["body"] == {"a": 1} and out.expiration is None
+
+
+def test_a_routing_key_header_of_the_message_routes_it_and_the_functions_object_keeps_its_headers() -> None:
+    emitted = Message({"a": 1}, headers={"X-EIO-Routing-Key": "custom.key", "keep": 1})
+    (out,), _ = encoder().encode(view(), Event(EventName.DATA, emitted))
+    assert out.routing_key == "custom.key" and "X-EIO-Routing-Key" not in CIPHER.decrypt(out.body)["headers"]
+    assert emitted.headers == {"X-EIO-Routing-Key": "custom.key", "keep": 1}
+
+
+def test_a_passthrough_step_keeps_its_input_without_the_inputs_own_passthrough_under_its_step_id() -> None:
+    incoming = Message({"in": 1}, passthrough={"step_0": {"body": {"earlier": True}}})
+    (out,), _ = encoder(passthrough=True).encode(view(message=incoming), Event(EventName.DATA, Message({"x": 2})))
+    passthrough = CIPHER.decrypt(out.body)["passthrough"]
+    assert passthrough["step_0"] == {"body": {"earlier": True}}
+    assert passthrough["step_1"]["body"] == {"in": 1} and "passthrough" not in passthrough["step_1"]
+
+
+def test_an_error_carries_the_encrypted_error_and_the_input_and_goes_to_reply_to_as_well() -> None:
+    register_secret("s3cr3t-token-value")
+    payload = {"name": "ValueError", "message": "boom with s3cr3t-token-value", "stack": ""}
+    messages, is_error = encoder().encode(view({"reply_to": "reply.q"}), Event(EventName.ERROR, payload))
+    error, reply = messages
+    assert is_error and error.routing_key == "rk.error" and reply.routing_key == "reply.q"
+    body = json.loads(error.body)
+    decrypted = CIPHER.decrypt(body["error"].encode())
+    assert decrypted["message"] == "boom with ***" and body["errorInput"] == "raw"
+    assert reply.headers["x-eio-error-response"] is True and CIPHER.decrypt(reply.body) == decrypted
+    assert error.headers["end"] == 42
+
+
+def test_error_replies_can_be_turned_off() -> None:
+    payload = {"name": "E", "message": "m", "stack": ""}
+    messages, _ = encoder(ELASTICIO_NO_ERROR_REPLIES="true").encode(
+        view({"reply_to": "reply.q"}), Event(EventName.ERROR, payload)
+    )
+    assert [m.routing_key for m in messages] == ["rk.error"]
+
+
+def test_the_error_input_of_protocol_2_is_the_decrypted_input_re_encrypted() -> None:
+    message = Message({"in": 1})
+    (error,), _ = encoder().encode(
+        view({"protocolVersion": 2}, message=message, body=b"\x00binary"),
+        Event(EventName.ERROR, {"name": "E", "message": "m", "stack": ""}),
+    )
+    assert CIPHER.decrypt(json.loads(error.body)["errorInput"].encode()) == message.to_dict()
+
+
+def test_a_rebound_doubles_its_expiration_per_iteration_keeps_the_original_body_and_stops_at_the_limit() -> None:
+    enc = encoder(ELASTICIO_REBOUND_LIMIT="3", ELASTICIO_REBOUND_INITIAL_EXPIRATION="100")
+    reason = Message({"message": "busy"})
+    first = enc.rebound(view(), reason)
+    third = enc.rebound(view({"reboundIteration": 2}), reason)
+    assert first is not None and third is not None
+    assert (first.expiration, third.expiration) == ("100", "400") and third.body == b"raw"
+    assert third.headers["reboundIteration"] == 3 and third.headers["reboundReason"] == "busy"
+    past, is_error = enc.encode(view({"reboundIteration": 3}), Event(EventName.REBOUND, reason))
+    assert is_error and [m.routing_key for m in past] == ["rk.error"]
+    assert CIPHER.decrypt(json.loads(past[0].body)["error"].encode())["message"] == "Rebound limit exceeded"
+
+
+def test_a_snapshot_is_plain_json_naming_its_event() -> None:
+    (out,), _ = encoder().encode(view(), Event(EventName.UPDATE_SNAPSHOT, {"cursor": 5}))
+    assert json.loads(out.body) == {"cursor": 5} and out.headers["snapshotEvent"] == "updateSnapshot"
+    assert out.routing_key == "rk.snapshot" and "end" not in out.headers
+
+
+def test_update_keys_goes_encrypted_to_its_routing_key() -> None:
+    payload = {"account": "a", "version": 3, "oauth": {"access_token": "t"}}
+    (out,), is_error = encoder().encode(view(), Event(EventName.UPDATE_KEYS, payload))
+    assert not is_error and out.routing_key == "updateKeys" and CIPHER.decrypt(out.body) == payload
+
+
+def test_an_http_reply_needs_reply_to_and_a_body_within_the_size_limit() -> None:
+    reply = {"statusCode": 200, "body": {"ok": True}, "headers": {}}
+    (out,), _ = encoder().encode(view({"reply_to": "r"}), Event(EventName.HTTP_REPLY, reply))
+    assert out.routing_key == "r" and CIPHER.decrypt(out.body) == reply
+    with pytest.raises(EncodeError, match="reply_to"):
+        encoder().encode(view(), Event(EventName.HTTP_REPLY, reply))
+    with pytest.raises(EncodeError, match="over the limit of 10 bytes"):
+        encoder(ELASTICIO_OUTGOING_MESSAGE_SIZE_LIMIT="10").encode(view(), Event(EventName.DATA, Message({})))
+
+
+def test_end_publishes_nothing() -> None:
+    assert encoder().encode(view(), Event(EventName.END)) == ([], False)
+
+
+@pytest.mark.parametrize(("header", "expected"), [(None, 1), (1, 1), (2, 2), ("2", 2), (0, 1), ("", 1), (b"2", 2)])
+def test_the_protocol_version_header_is_read_as_an_integer(header: Any, expected: int) -> None:
+    assert protocol_version_of({} if header is None else {"protocolVersion": header}) == expected
+
+
+@pytest.mark.parametrize("header", ["x", 2.5, True, [], {"v": 1}])
+def test_a_protocol_version_that_is_not_an_integer_is_a_decode_error_naming_the_header(header: Any) -> None:
+    with pytest.raises(DecodeError, match="protocolVersion header must be an integer"):
+        protocol_version_of({"protocolVersion": header})
