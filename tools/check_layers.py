@@ -1,4 +1,5 @@
-"""The layout's rules, checked: every import points down, no circle, pika only in ``oarlock.amqp``, small modules.
+"""The layout's rules, checked: imports point down, no circle, pika only in ``oarlock.amqp``, no I/O in
+``oarlock.protocol``, small modules.
 
 Every ``import`` of an oarlock module anywhere in a module's source counts (at the top, inside a
 function, under ``TYPE_CHECKING``): a lazy import is still a dependency. Packages are ranked
@@ -31,6 +32,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("oarlock", "oarlock.__main__"),  # the package facade
 ]
 PIKA_HOME = "oarlock.amqp"
+#: packages that must do no I/O: they may not import these
+NO_IO = {"oarlock.protocol": {"requests", "socket", "http", "urllib", "sqlite3", "psycopg", "pika", "subprocess"}}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -83,6 +86,9 @@ def check(root: Path = ROOT) -> list[str]:
             top = imported.split(".")[0]
             if top == "pika" and not (name == PIKA_HOME or name.startswith(PIKA_HOME + ".")):
                 problems.append(f"{path}:{line}: imports pika outside {PIKA_HOME}")
+            for package, banned in NO_IO.items():
+                if (name == package or name.startswith(package + ".")) and top in banned:
+                    problems.append(f"{path}:{line}: {package} does no I/O but imports {top}")
             if top != "oarlock" or imported == name:
                 continue
             target = imported

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 import uuid
@@ -77,26 +78,43 @@ def test_two_processes_writing_interleaved_versions_leave_the_newest(store_spec:
     assert stored is not None and stored.version == 300 and stored.oauth == {"v": 300}
 
 
-def _locker(kind: str, where: str, log_path: str) -> None:
+def _locker(kind: str, where: str, log_path: str, refused: Any, done: Any, total: int) -> None:
+    """Take the lock; while holding it, wait until another process was refused it (unless none is left)."""
     store = _open(kind, where)
-    with store.lock("acct"):
+    with contextlib.ExitStack() as held:
+        while True:
+            try:
+                held.enter_context(store.lock("acct", timeout=0.05))
+                break
+            except KeyStoreError:
+                with refused.get_lock():
+                    refused.value += 1
+        refused_before = refused.value
         with open(log_path, "a") as log:
             log.write("enter\n")
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60
+        while refused.value == refused_before and done.value < total - 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
         with open(log_path, "a") as log:
             log.write("leave\n")
+    with done.get_lock():
+        done.value += 1
     store.close()
 
 
 def test_the_lock_excludes_a_second_process(store_spec: tuple[str, str], tmp_path: Path) -> None:
     log_path = tmp_path / "lock.log"
     ctx = multiprocessing.get_context("spawn")
-    processes = [ctx.Process(target=_locker, args=(*store_spec, str(log_path))) for _ in range(3)]
+    refused, done = ctx.Value("i", 0), ctx.Value("i", 0)
+    processes = [ctx.Process(target=_locker, args=(*store_spec, str(log_path), refused, done, 3)) for _ in range(3)]
     for process in processes:
         process.start()
     for process in processes:
         process.join(60)
+        assert process.exitcode == 0
     assert log_path.read_text().split() == ["enter", "leave"] * 3
+    # the first two holders each left only after another process had been refused the lock
+    assert refused.value >= 2
 
 
 def test_a_lock_that_cannot_be_taken_in_time_is_a_keys_store_error(store_spec: tuple[str, str]) -> None:
@@ -135,6 +153,17 @@ def test_update_keys_payloads_are_applied_and_persist_false_is_not_stored(store_
     stored = store.get("a")
     assert stored is not None and stored.version == 3
     store.close()
+
+
+def test_the_store_module_still_exports_the_contract_that_moved_to_base() -> None:
+    from oarlock.keys import base, store
+
+    assert store.StoredCredential is base.StoredCredential
+    assert store.KeyStore is base.KeyStore
+    assert store.apply_update_keys is base.apply_update_keys
+    assert store.safe_url is base.safe_url
+    assert callable(store.open_store)
+    assert set(store.__all__) >= {"StoredCredential", "KeyStore", "apply_update_keys", "open_store", "safe_url"}
 
 
 def test_errors_name_the_store_without_its_password() -> None:

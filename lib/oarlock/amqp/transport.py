@@ -90,6 +90,7 @@ class AmqpTransport:
         self._handler: IncomingHandler | None = None
         self._consuming_wanted = False
         self._pending: dict[int, _Pending] = {}
+        self._asking: set[Future[int]] = set()
         self._next_tag = 0
         self._waiting: list[tuple[Callable[[], None], Confirm]] = []
         self._io_thread: int | None = None
@@ -197,7 +198,7 @@ class AmqpTransport:
             self._consume_conn.after_read = self._publish_conn.after_read = self._send_now
 
     def _on_open_error(self, conn: pika.SelectConnection, error: BaseException | str) -> None:
-        self.last_error = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+        self.last_error = _describe(error)
         self._schedule_reconnect()
 
     def _on_closed(self, conn: pika.SelectConnection, reason: BaseException) -> None:
@@ -216,6 +217,10 @@ class AmqpTransport:
         for record in pending.values():
             record.confirm.resolve(TransportError("the broker connection was lost before the confirm"))
         self._consume_channel = self._publish_channel = None
+        asking, self._asking = self._asking, set()
+        for question in asking:
+            if not question.done():
+                question.set_exception(TransportError("the broker closed the channel before it answered"))
         for conn in (self._consume_conn, self._publish_conn):
             if conn is not None and conn.is_open:
                 conn.close()
@@ -334,14 +339,18 @@ class AmqpTransport:
         """How many ready messages the queue holds (passive declare)."""
         result: Future[int] = Future()
 
+        def answer(frame: pika.frame.Method) -> None:
+            self._asking.discard(result)
+            if not result.done():
+                result.set_result(int(frame.method.message_count))
+
         def ask() -> None:
             channel = self._consume_channel
             if channel is None or not channel.is_open:
                 result.set_exception(TransportError("no open channel"))
                 return
-            channel.queue_declare(
-                queue, passive=True, callback=lambda frame: result.set_result(int(frame.method.message_count))
-            )
+            self._asking.add(result)  # failed if the channel closes instead of answering (a missing queue)
+            channel.queue_declare(queue, passive=True, callback=answer)
 
         self.call(ask)
         return result
@@ -476,3 +485,11 @@ def _properties(message: Outgoing) -> pika.BasicProperties:
         delivery_mode=2 if message.persistent else 1,
         expiration=message.expiration,
     )
+
+
+def _describe(error: BaseException | str) -> str:
+    """A one-line reason for a failed connection attempt (pika's errors often carry their cause in args)."""
+    if not isinstance(error, BaseException):
+        return str(error)
+    detail = str(error) or "; ".join(str(arg) for arg in error.args if str(arg))
+    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from oarlock.errors import OarlockError
+from oarlock.errors import OarlockError, TransportError
 from oarlock.keys.store import KeyStore, StoredCredential, open_store
 from oarlock.redact import redact
 
@@ -141,7 +141,11 @@ def refresh_dormant_command(
 def serve_command(
     store_url: str, amqp_uri: str, queue: str, crypto_password: str | None, crypto_iv: str | None, burst: bool
 ) -> None:
-    """Consume updateKeys messages and persist them; ack only after the store committed."""
+    """Consume updateKeys messages and persist them; ack only after the store committed.
+
+    Reconnects when the broker drops the connection. Exit 2 on a configuration or store error,
+    3 when the broker cannot be reached at start or the queue cannot be consumed.
+    """
     from oarlock import logs
     from oarlock.keys.consumer import KeysService
     from oarlock.protocol.crypto import MessageCipher
@@ -151,6 +155,9 @@ def serve_command(
     try:
         service = KeysService(store, amqp_uri, queue, MessageCipher(crypto_password, crypto_iv))
         stored = service.run(burst=burst)
+    except TransportError as exc:  # the broker cannot be reached, or the queue cannot be consumed
+        click.echo(f"oarlock: {exc}", err=True)
+        sys.exit(3)
     except OarlockError as exc:
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(2)

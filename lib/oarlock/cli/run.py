@@ -38,9 +38,9 @@ def run_command(
     from oarlock.component.model import Component
     from oarlock.credentials.manager import CredentialManager
     from oarlock.protocol.settings import Settings
-    from oarlock.protocol.stepconfig import load_step_config
     from oarlock.redact import register_secret
     from oarlock.runtime.executor import FunctionRunner, UnloadableFunction
+    from oarlock.runtime.steploader import load_step_config
     from oarlock.runtime.worker import Worker
 
     env = dict(os.environ)

@@ -1,84 +1,242 @@
-"""The platform side of updateKeys over RabbitMQ: consume, decrypt, persist (newest wins), then ack."""
+"""The platform side of updateKeys over RabbitMQ: consume, decrypt, persist (newest wins), then ack.
+
+:class:`KeysService` consumes through the shared :class:`~oarlock.amqp.transport.AmqpTransport`
+(reconnect with backoff when the broker drops the connection, no pika here). The transport
+delivers on its I/O thread; every delivery is handed to one worker thread, which decrypts it,
+writes it to the store and settles it: ack once the store wrote it (or refused it as older),
+reject without requeue when it cannot be decoded or stored. A delivery of a connection that was
+lost before it was handled is left alone: the broker redelivers it on the new connection.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import threading
+import time
+from collections.abc import Iterator
+from queue import SimpleQueue
 from types import FrameType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-import pika
-import pika.exceptions
-
-from oarlock.errors import DecodeError, KeyStoreError, TransportError
-from oarlock.keys.store import KeyStore, apply_update_keys
+from oarlock.amqp.transport import AmqpTransport
+from oarlock.amqp.types import Incoming
+from oarlock.errors import ConfigurationError, DecodeError, KeyStoreError, TransportError
+from oarlock.keys.base import KeyStore, apply_update_keys
 from oarlock.protocol.crypto import MessageCipher
+from oarlock.protocol.outgoing import protocol_version_of
 from oarlock.redact import redact_text
 
 log = logging.getLogger("oarlock.keys.service")
 
 
+def broker_name(amqp_uri: str) -> str:
+    """``host:port/vhost`` of an AMQP URI, fit for messages: no user, no password."""
+    try:
+        parts = urlsplit(amqp_uri)
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+        host = parts.hostname or "localhost"
+    except ValueError:
+        return "(unparsable URI)"
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return f"{host}:{port} (vhost {vhost})"
+
+
+@contextlib.contextmanager
+def _pika_quiet() -> Iterator[None]:
+    """pika's own error lines off for a while, unless oarlock logs at debug level."""
+    pika_log = logging.getLogger("pika")
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    level = pika_log.level
+    pika_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        pika_log.setLevel(level)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).rstrip(":")
+
+
 class KeysService:
-    def __init__(self, store: KeyStore, amqp_uri: str, queue: str, cipher: MessageCipher) -> None:
+    """Consumes updateKeys messages from ``queue`` and persists them in ``store``.
+
+    ``connect_timeout``: how long :meth:`run` tries to reach the broker at start before it gives up
+    with a TransportError. ``quiet_seconds``: with ``burst``, how long nothing must have been
+    delivered before the queue is asked whether it is empty. ``grace_seconds``: on stop, how long
+    the messages already delivered may take to be handled (the broker redelivers the others).
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        amqp_uri: str,
+        queue: str,
+        cipher: MessageCipher,
+        *,
+        prefetch: int = 20,
+        connect_timeout: float = 10.0,
+        reconnect_max_seconds: float = 30.0,
+        quiet_seconds: float = 0.5,
+        grace_seconds: float = 30.0,
+    ) -> None:
         self.store = store
         self.amqp_uri = amqp_uri
         self.queue = queue
         self.cipher = cipher
+        self.prefetch = prefetch
+        self.connect_timeout = connect_timeout
+        self.reconnect_max_seconds = reconnect_max_seconds
+        self.quiet_seconds = quiet_seconds
+        self.grace_seconds = grace_seconds
         self.stored = 0
         self.refused = 0
         self.rejected = 0
-        self._stopping = False
+        self._stopping = False  # a plain flag: set from a signal handler
+        self._lock = threading.Lock()
+        self._in_flight = 0  # delivered, not yet handled
+        self._last_activity = time.monotonic()
+        self._work: SimpleQueue[Incoming | None] = SimpleQueue()
+        self._transport: AmqpTransport | None = None
 
     def stop(self) -> None:
+        """Stop after the messages already delivered (any thread, or a signal handler)."""
         self._stopping = True
 
     def handle(self, body: bytes, headers: dict[str, Any]) -> bool:
         """Decode and persist one message; True if it was written, False if older; raises on bad input."""
-        version = int(headers.get("protocolVersion") or 1)
-        payload = self.cipher.decrypt(body, version)
+        payload = self.cipher.decrypt(body, protocol_version_of(headers))
         if not isinstance(payload, dict):
             raise DecodeError("an updateKeys message must be a JSON object")
         return apply_update_keys(self.store, payload)
 
+    # -- lifecycle ---------------------------------------------------------------------------------
     def run(self, *, burst: bool = False) -> int:
-        try:
-            connection = pika.BlockingConnection(pika.URLParameters(self.amqp_uri))
-        except pika.exceptions.AMQPError as exc:
-            raise TransportError(f"cannot connect to the broker: {type(exc).__name__}") from None
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=20)
-        previous = signal.getsignal(signal.SIGTERM)
+        """Consume until stopped (SIGTERM, :meth:`stop`) or, with ``burst``, until the queue is empty.
 
-        def on_term(signum: int, frame: FrameType | None) -> None:
-            self.stop()
-
-        signal.signal(signal.SIGTERM, on_term)
+        Returns how many credentials were written. TransportError when the broker cannot be
+        reached at start or the queue cannot be consumed, ConfigurationError for an invalid URI.
+        """
+        transport = self._transport = self._connect()
+        worker = threading.Thread(target=self._work_loop, name="oarlock-keys", daemon=True)
+        worker.start()
+        # SIGTERM stops cleanly; a handler can only be installed from the main thread
+        installed = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if installed else None
+        if installed:
+            signal.signal(signal.SIGTERM, self._on_term)
         try:
-            for method, properties, body in channel.consume(self.queue, inactivity_timeout=0.5):
-                if method is None:
-                    if burst or self._stopping:
-                        break
-                    continue
-                self._one(channel, method, properties, body)
-                if self._stopping:
+            self._check_queue(transport)
+            transport.consume(self.queue, self.prefetch, self._on_delivery)
+            log.info("consuming updateKeys messages from queue %s", self.queue)
+            while not self._stopping:
+                time.sleep(0.1)
+                if burst and self._drained(transport):
+                    log.info("queue %s is empty: burst run finished", self.queue)
                     break
-            channel.cancel()
         finally:
-            signal.signal(signal.SIGTERM, previous)
-            connection.close()
+            if installed and previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            with contextlib.suppress(TransportError, TimeoutError):
+                transport.stop_consuming().result(5)
+            self._work.put(None)  # after what was delivered: those are handled first
+            worker.join(self.grace_seconds)
+            transport.close()
         return self.stored
 
-    def _one(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+    def _connect(self) -> AmqpTransport:
+        where = broker_name(self.amqp_uri)
         try:
-            written = self.handle(body, dict(properties.headers or {}))
+            transport = AmqpTransport(
+                self.amqp_uri, name=f"oarlock keys serve {self.queue}", reconnect_max_seconds=self.reconnect_max_seconds
+            )
+        except Exception as exc:  # pika's URI parser raises several kinds
+            raise ConfigurationError(
+                f"invalid AMQP URI ({type(exc).__name__}): check --amqp-uri or ELASTICIO_AMQP_URI"
+            ) from None
+        try:
+            with _pika_quiet():  # every failed attempt is logged by pika: the TransportError says it once
+                transport.start(self.connect_timeout)
+        except TransportError:
+            reason = _one_line(transport.last_error or "no answer")
+            raise TransportError(
+                f"cannot connect to the broker at {where} within {self.connect_timeout:g} s: {reason}"
+            ) from None
+        return transport
+
+    def _check_queue(self, transport: AmqpTransport) -> None:
+        """TransportError unless the queue exists: a missing one would close the channel on every reconnect."""
+        where = broker_name(self.amqp_uri)
+        try:
+            transport.message_count(self.queue).result(self.connect_timeout)
+        except TransportError:  # the broker closed the channel instead of answering
+            raise TransportError(
+                f"queue {self.queue} cannot be consumed on the broker at {where}: it does not exist or is not accessible"
+            ) from None
+        except TimeoutError:
+            raise TransportError(
+                f"the broker at {where} did not answer within {self.connect_timeout:g} s whether queue {self.queue} exists"
+            ) from None
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.stop()
+
+    def _drained(self, transport: AmqpTransport) -> bool:
+        with self._lock:
+            if self._in_flight or time.monotonic() - self._last_activity < self.quiet_seconds:
+                return False
+        try:
+            count = transport.message_count(self.queue).result(10)
+        except (TransportError, TimeoutError):
+            return False
+        with self._lock:
+            return count == 0 and self._in_flight == 0
+
+    # -- deliveries --------------------------------------------------------------------------------
+    def _on_delivery(self, delivery: Incoming) -> None:
+        """I/O thread: hand over, never block."""
+        with self._lock:
+            self._in_flight += 1
+            self._last_activity = time.monotonic()
+        self._work.put(delivery)
+
+    def _work_loop(self) -> None:
+        while (delivery := self._work.get()) is not None:
+            try:
+                self._one(delivery)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+                    self._last_activity = time.monotonic()
+
+    def _one(self, delivery: Incoming) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if delivery.generation != transport.generation:
+            log.info("updateKeys delivery of a lost connection not handled: the broker redelivers it")
+            return
+        try:
+            written = self.handle(delivery.body, dict(delivery.headers))
         except (DecodeError, KeyStoreError) as exc:
             self.rejected += 1
             log.error("updateKeys message rejected: %s", redact_text(str(exc)))
-            channel.basic_reject(method.delivery_tag, requeue=False)
+            transport.reject(delivery, requeue=False)
+            return
+        except Exception as exc:  # one bad message must not end the service
+            self.rejected += 1
+            log.error("updateKeys message rejected: unexpected %s: %s", type(exc).__name__, redact_text(str(exc)))
+            log.debug("unexpected failure while handling an updateKeys message", exc_info=True)
+            transport.reject(delivery, requeue=False)
             return
         if written:
             self.stored += 1
         else:
             self.refused += 1
             log.info("updateKeys message older than the stored credential: not written")
-        channel.basic_ack(method.delivery_tag)
+        transport.ack(delivery)

@@ -1,4 +1,7 @@
-"""PostgreSQL keys store: one store for a fleet of workers (advisory locks per account)."""
+"""PostgreSQL keys store: one store for a fleet of workers (advisory locks per account).
+
+It implements the contract of :mod:`oarlock.keys.base`; :func:`oarlock.keys.store.open_store` opens it by URL.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from oarlock.errors import KeyStoreError
-from oarlock.keys.store import StoredCredential, safe_url
+from oarlock.keys.base import StoredCredential, safe_url
 
 DEFAULT_TABLE = "oarlock_credentials"
 

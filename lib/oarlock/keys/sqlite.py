@@ -1,4 +1,7 @@
-"""SQLite keys store: the embedded default (``.oarlock/keys.sqlite``)."""
+"""SQLite keys store: the embedded default (``.oarlock/keys.sqlite``).
+
+It implements the contract of :mod:`oarlock.keys.base`; :func:`oarlock.keys.store.open_store` opens it by URL.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from oarlock.errors import KeyStoreError
-from oarlock.keys.store import StoredCredential
+from oarlock.keys.base import StoredCredential
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS credentials (

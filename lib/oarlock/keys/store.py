@@ -1,46 +1,18 @@
-"""The keys store contract: newest version wins, cross-process lock per account.
+"""Opening a keys store by URL; the contract itself lives in :mod:`oarlock.keys.base`.
 
 Implementations: :mod:`oarlock.keys.sqlite` (the embedded default, a local file like a
 desktop tool's repo.sqlite) and :mod:`oarlock.keys.postgres` (shared by a fleet of workers).
-A store is also the :class:`~oarlock.credentials.manager.RefreshCoordinator` of the refresh
-engine: workers take its lock before refreshing and re-read the newest credential, so
-single-use refresh tokens are never burnt twice across processes.
+The contract's names (:class:`StoredCredential`, :class:`KeyStore`, :func:`apply_update_keys`,
+:func:`safe_url`) are re-exported here, so ``from oarlock.keys.store import ...`` keeps working.
 """
 
 from __future__ import annotations
 
-import builtins
-import re
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from oarlock.errors import KeyStoreError
+from oarlock.keys.base import KeyStore, StoredCredential, apply_update_keys, safe_url
 
-
-@dataclass(frozen=True)
-class StoredCredential:
-    account: str
-    oauth: dict[str, Any]
-    version: int
-    updated_at: float
-    response: dict[str, Any] | None = None
-    persist: bool = True
-
-
-class KeyStore(Protocol):
-    def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
-        """Store a credential unless an equal or newer version is stored; True if it was written."""
-
-    def get(self, account: str) -> StoredCredential | None: ...
-
-    def list(self) -> builtins.list[StoredCredential]: ...
-
-    def lock(self, account: str, timeout: float = 30.0) -> AbstractContextManager[None]:
-        """Mutual exclusion per account across processes; KeyStoreError on timeout."""
-
-    def close(self) -> None: ...
+__all__ = ["KeyStore", "StoredCredential", "apply_update_keys", "open_store", "safe_url"]
 
 
 def open_store(url: str) -> KeyStore:
@@ -60,27 +32,3 @@ def open_store(url: str) -> KeyStore:
     from oarlock.keys.sqlite import SqliteKeyStore
 
     return SqliteKeyStore(path)
-
-
-def apply_update_keys(store: KeyStore, payload: dict[str, Any]) -> bool:
-    """Persist one updateKeys payload; False when it is older than what is stored or marked persist: false."""
-    if payload.get("persist") is False:
-        return False
-    for name in ("account", "version", "oauth"):
-        if name not in payload:
-            raise KeyStoreError(f"updateKeys payload has no {name!r}: cannot store it")
-    if not isinstance(payload["oauth"], dict):
-        raise KeyStoreError("updateKeys payload's 'oauth' must be an object")
-    try:
-        version = int(payload["version"])
-    except (TypeError, ValueError):
-        raise KeyStoreError("updateKeys payload's 'version' must be an integer") from None
-    response = payload.get("response")
-    return store.save(
-        str(payload["account"]), payload["oauth"], version, response if isinstance(response, dict) else None
-    )
-
-
-def safe_url(url: str) -> str:
-    """A store URL fit for messages: any password removed."""
-    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
