@@ -20,7 +20,15 @@ MAX_LINES = 500
 
 #: lowest first; a module's layer is the longest prefix listed here
 LAYERS: list[tuple[str, ...]] = [
-    ("oarlock.errors", "oarlock.jsontypes", "oarlock.jsoncopy", "oarlock.awaitables", "oarlock.redact", "oarlock.logs"),
+    (
+        "oarlock.errors",
+        "oarlock.jsontypes",
+        "oarlock.jsoncopy",
+        "oarlock.jsonlimits",
+        "oarlock.awaitables",
+        "oarlock.redact",
+        "oarlock.logs",
+    ),
     ("oarlock.amqp",),  # the door to pika: neutral Incoming/Outgoing types and the transport
     ("oarlock.protocol",),  # sailor's contract, no I/O
     ("oarlock.component",),

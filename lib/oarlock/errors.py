@@ -14,6 +14,7 @@ boundary catches a foreign exception type.
     ├── EncodeError                   an outgoing message cannot be built (e.g. too large)
     ├── EmitError                     a function emitted an unknown event or bad payload
     ├── MessageValidationError        a message does not match the function's metadata.in
+    ├── TimeLimitExceeded             a function ran past ELASTICIO_MESSAGE_TIME_LIMIT
     ├── CredentialError               anything about the OAuth2 credential
     │   ├── TokenEndpointError        the token endpoint failed or answered garbage
     │   ├── CredentialNeedsReauthorization   invalid_grant / invalid_client: a human must re-authorize
@@ -24,7 +25,7 @@ boundary catches a foreign exception type.
 
 Every message here is written so that it can be shown to a user: it names what
 was wrong and never contains a secret (callers pass values through
-:mod:`oarlock.credentials.redact` first).
+:mod:`oarlock.redact` first).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class EmitError(OarlockError):
 
 class MessageValidationError(OarlockError):
     """The incoming message does not match the function's ``metadata.in`` schema."""
+
+
+class TimeLimitExceeded(OarlockError):
+    """A function did not finish within the per-message time limit of ``oarlock run``."""
 
 
 class CredentialError(OarlockError):

@@ -55,16 +55,30 @@ def settings_for(function: str, **overrides: str) -> Settings:
 class Rig:
     """A worker for one function of the test component, on a memory transport."""
 
-    def __init__(self, function: str, cfg: dict[str, Any] | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        function: str,
+        cfg: dict[str, Any] | None = None,
+        *,
+        credentials: CredentialManager | None = None,
+        **env: str,
+    ) -> None:
         self.settings = settings_for(function, **env)
         self.transport = MemoryTransport()
         runner: FunctionRunner | UnloadableFunction
         try:
             component = Component.load(TEST_COMPONENTS / "amqp")
-            runner = FunctionRunner(component, function, credentials=CredentialManager())
+            runner = FunctionRunner(component, function, credentials=credentials or CredentialManager())
         except ComponentError as exc:
             runner = UnloadableFunction(exc)
-        self.worker = Worker(self.settings, runner, StepConfig(cfg or {}), self.transport, concurrency=4)
+        self.worker = Worker(
+            self.settings,
+            runner,
+            StepConfig(cfg or {}),
+            self.transport,
+            concurrency=4,
+            retry_later_seconds=(0.01, 0.05),
+        )
 
     def send(self, body: Any, *, message_id: str = "m-1", redelivered: bool = False, **headers: Any) -> None:
         payload = {"id": message_id, "body": body, "headers": {}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -10,7 +11,8 @@ from types import FrameType
 import click
 
 from oarlock import logs
-from oarlock.errors import ComponentError, ConfigurationError, TransportError
+from oarlock.errors import ComponentError, ConfigurationError, KeyStoreError, TransportError
+from oarlock.redact import redact_text
 
 
 @click.command("run")
@@ -30,8 +32,20 @@ from oarlock.errors import ComponentError, ConfigurationError, TransportError
 )
 @click.option("--burst", is_flag=True, help="Exit 0 once the queue is empty and nothing is in flight.")
 @click.option("--grace", type=float, default=None, help="Seconds to finish in-flight work on SIGTERM (default 30).")
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds one message may run before it is an error event and a reject "
+    "(default: ELASTICIO_MESSAGE_TIME_LIMIT, else none).",
+)
 def run_command(
-    component_dir: str | None, cfg_file: str | None, concurrency: int | None, burst: bool, grace: float | None
+    component_dir: str | None,
+    cfg_file: str | None,
+    concurrency: int | None,
+    burst: bool,
+    grace: float | None,
+    time_limit: float | None,
 ) -> None:
     """Consume ELASTICIO_LISTEN_MESSAGES_ON and publish what the function emits (PROTOCOL.md)."""
     from oarlock.amqp.transport import AmqpTransport, hot_path_enabled
@@ -49,12 +63,19 @@ def run_command(
         settings = Settings.from_env(env, api_optional=bool(cfg_file or "ELASTICIO_CFG" in env))
         for secret in (settings.message_crypto_password, settings.api_key):
             register_secret(secret)
+        if time_limit is not None:
+            settings = dataclasses.replace(settings, message_time_limit=time_limit)
         step = load_step_config(settings, env, cfg_file)
         coordinator = None
         if settings.keys_store:
-            from oarlock.keys.store import open_store
+            from oarlock.keys.store import open_store, safe_url
 
-            coordinator = open_store(settings.keys_store)
+            try:
+                coordinator = open_store(settings.keys_store)
+            except KeyStoreError as exc:
+                reason = redact_text(str(exc))
+                click.echo(f"oarlock: keys store {safe_url(settings.keys_store)} cannot be used: {reason}", err=True)
+                sys.exit(2)
         runner: FunctionRunner | UnloadableFunction
         try:
             component = Component.load(component_dir or settings.component_path or ".")

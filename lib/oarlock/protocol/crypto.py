@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from oarlock.errors import ConfigurationError, DecodeError
+from oarlock.jsonlimits import loads
 
 _BLOCK = 16
 
@@ -66,10 +67,7 @@ class MessageCipher:
     def decrypt(self, body: bytes, protocol_version: int = 1) -> Any:
         """Decrypt an AMQP body into the JSON value it carries; DecodeError names the failing step."""
         text = self.decrypt_text(body, protocol_version)
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise DecodeError(f"message is not valid JSON after decryption: {exc.args[0]}") from None
+        return loads(text, what="message", invalid="message is not valid JSON after decryption")
 
     def decrypt_text(self, body: bytes, protocol_version: int = 1) -> str:
         if self._cipher is None:

@@ -103,6 +103,7 @@ class Settings:
     keys_store: str | None = field(default=None, repr=False)
     log_level: str = "info"
     grace_seconds: float = 30.0
+    message_time_limit: float | None = None  # seconds one input may run before it is an error (oarlock)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, api_optional: bool = False) -> Settings:
@@ -131,6 +132,10 @@ class Settings:
             grace = float(env.get(PREFIX + "GRACE_SECONDS") or 30)
         except ValueError:
             grace = 30.0
+        try:
+            time_limit = float(env.get(PREFIX + "MESSAGE_TIME_LIMIT") or 0)
+        except ValueError:
+            time_limit = 0.0
         return cls(
             flow_id=values["flow_id"],
             exec_id=values["exec_id"],
@@ -170,4 +175,5 @@ class Settings:
             keys_store=env.get(PREFIX + "KEYS_STORE") or None,
             log_level=env.get(PREFIX + "LOG_LEVEL") or "info",
             grace_seconds=grace,
+            message_time_limit=time_limit if time_limit > 0 else None,
         )

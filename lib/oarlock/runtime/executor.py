@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from oarlock.awaitables import run_maybe_async
 from oarlock.component.inputschema import InputValidator
 from oarlock.component.model import Component, FunctionSpec
-from oarlock.errors import ComponentError, OarlockError
+from oarlock.errors import ComponentError, KeyStoreError, OarlockError
 from oarlock.jsoncopy import copy_json
 from oarlock.protocol.events import Event, EventName, EventSink, error_payload, normalise
 from oarlock.protocol.message import Message
@@ -45,6 +45,9 @@ class CallResult:
     rebound: bool = False
     snapshot: dict[str, Any] = field(default_factory=dict)
     duration_ms: float = 0.0
+    #: an infrastructure failure (the keys store cannot be reached): not the message's fault, no error
+    #: event was emitted; the worker leaves the input for redelivery
+    retry_later: KeyStoreError | None = None
 
     def of(self, name: EventName) -> list[Event]:
         return [e for e in self.events if e.name is name]
@@ -141,9 +144,18 @@ class FunctionRunner:
             if returned is not None:
                 events.emit(normalise("data", returned))
         except Exception as exc:  # a function's failure is an event, never a crash of the runtime
-            if not isinstance(exc, OarlockError):
-                log.debug("function %s raised", self.spec.name, exc_info=True)
-            events.emit(Event(EventName.ERROR, error_payload(exc)))
+            infrastructure = infrastructure_cause(exc)
+            if infrastructure is not None:
+                result.retry_later = infrastructure
+                log.warning(
+                    "function %s failed because the keys store cannot be used (%s): not an error of the message",
+                    self.spec.name,
+                    redact_text(str(infrastructure)),
+                )
+            else:
+                if not isinstance(exc, OarlockError):
+                    log.debug("function %s raised", self.spec.name, exc_info=True)
+                events.emit(Event(EventName.ERROR, error_payload(exc)))
         result.duration_ms = (time.monotonic() - started) * 1000
         return result
 
@@ -178,6 +190,18 @@ class UnloadableFunction:
         if sink is not None:
             sink.emit(event)
         return CallResult(events=[event], errored=True, snapshot=dict(snapshot or {}))
+
+
+def infrastructure_cause(exc: BaseException) -> KeyStoreError | None:
+    """The KeyStoreError behind an exception (itself, or its cause or context, as a function re-raised it)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        if isinstance(current, KeyStoreError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class CallSink:

@@ -24,7 +24,8 @@ from typing import IO, Any
 
 from oarlock.component.model import Component
 from oarlock.credentials.manager import CredentialManager
-from oarlock.errors import ConfigurationError, DecodeError, OarlockError
+from oarlock.errors import ConfigurationError, OarlockError
+from oarlock.jsonlimits import loads
 from oarlock.keys.store import KeyStore, apply_update_keys, open_store
 from oarlock.protocol.events import Event, EventName, error_payload
 from oarlock.protocol.message import Message
@@ -111,10 +112,7 @@ class _LineSink:
 
 
 def _parse_line(index: int, line: str) -> Message:
-    try:
-        data = json.loads(line)
-    except ValueError as exc:
-        raise DecodeError(f"input line {index + 1} is not valid JSON: {exc}") from None
+    data = loads(line, what=f"input line {index + 1}")
     return Message.from_dict(data, where=f"input line {index + 1}")
 
 

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oarlock.amqp.types import Confirm, Incoming, Outgoing, Transport, now_ms
-from oarlock.errors import DecodeError, EncodeError, OarlockError, PublishError, TransportError
+from oarlock.errors import (
+    DecodeError,
+    EncodeError,
+    OarlockError,
+    PublishError,
+    TimeLimitExceeded,
+    TransportError,
+)
 from oarlock.keys.platform_api import AccountsApi
 from oarlock.protocol.crypto import MessageCipher
 from oarlock.protocol.events import Event, EventName, error_payload
@@ -41,6 +48,8 @@ from oarlock.runtime.workpool import WorkPool
 log = logging.getLogger("oarlock.worker")
 CONFIRM_TIMEOUT = 120.0
 DEDUP_CAPACITY = 100_000
+RETRY_LATER_FIRST_SECONDS = 1.0
+RETRY_LATER_MAX_SECONDS = 30.0
 
 
 @dataclass
@@ -51,11 +60,23 @@ class _Job:
     view: InputView
     confirms: list[Confirm] = field(default_factory=list)
     errored: bool = False
+    retry_later: OarlockError | None = None
     message_id: str | None = field(init=False)
+    #: running -> finished (the function returned) or timed_out (the time limit settled the input first)
+    state: str = "running"
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         value = self.view.incoming.get("messageId")
         self.message_id = str(value) if value else None
+
+    def finish(self) -> bool:
+        """Mark the function as returned; False when the time limit already settled the input."""
+        with self.lock:
+            if self.state == "timed_out":
+                return False
+            self.state = "finished"
+            return True
 
 
 class _JobSink:
@@ -67,7 +88,12 @@ class _JobSink:
         self._worker, self._job = worker, job
 
     def emit(self, event: Event) -> None:
-        self._worker._publish_event(self._job, event)
+        job = self._job
+        with job.lock:
+            if job.state == "timed_out":
+                log.info("event %s emitted after the time limit of its input: dropped", event.name.value)
+                return
+            self._worker._publish_event(job, event)
 
 
 class Worker:
@@ -81,6 +107,7 @@ class Worker:
         concurrency: int | None = None,
         burst: bool = False,
         grace_seconds: float | None = None,
+        retry_later_seconds: tuple[float, float] = (RETRY_LATER_FIRST_SECONDS, RETRY_LATER_MAX_SECONDS),
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -110,6 +137,8 @@ class Worker:
         self._last_activity = time.monotonic()
         self.processed = 0
         self.startup_data: Any = None
+        self._infrastructure_failures = 0  # in a row: the backoff before requeueing grows with it
+        self._retry_first, self._retry_max = retry_later_seconds
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -193,20 +222,29 @@ class Worker:
         started = time.monotonic()
         job: _Job | None = None
         try:
-            job = self._process(delivery)
+            job = self._prepare(delivery)
+            if job is None:
+                self._release(None)
+                return
+            if job.view.message is not None:
+                self._run(job, started)
         except Exception:
+            if job is not None and not job.finish():
+                return  # the time limit settled it already
             log.exception("unexpected failure while processing a delivery: it stays unsettled for redelivery")
             message_id = delivery.headers.get("messageId")
             self._release(str(message_id) if message_id else None)
             return
-        if job is None:
-            self._release(None)
+        if not job.finish():
+            return  # the time limit settled it already; what the function emitted since was dropped
+        if job.retry_later is not None:
+            self._when_confirmed(job, lambda: self._leave_for_redelivery(job, started))
             return
         self._when_confirmed(job, lambda: self._on_confirmed(job, started, retried=False))
 
     # -- one input -----------------------------------------------------------------------------------
-    def _process(self, delivery: Incoming) -> _Job | None:
-        """Decode and run the function (events are published as they come); None when already done."""
+    def _prepare(self, delivery: Incoming) -> _Job | None:
+        """Register and decode the input (a decode error is published at once); None when already done."""
         incoming = dict(delivery.headers)
         view = InputView(
             incoming,
@@ -233,9 +271,49 @@ class Worker:
         except DecodeError as exc:
             log.error("cannot decode message: %s", exc, extra={"messageId": job.message_id})
             self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
-            return job
-        self.runner.call(view.message, self.cfg, self._snapshot_copy(), sink=_JobSink(self, job))
         return job
+
+    def _run(self, job: _Job, started: float) -> None:
+        """Run the function for a decoded input; its events are published as they come."""
+        assert job.view.message is not None
+        limit = self.settings.message_time_limit
+        if limit is not None:
+            self.transport.call_later(limit, lambda: self._on_time_limit(job, started, limit))
+        result = self.runner.call(job.view.message, self.cfg, self._snapshot_copy(), sink=_JobSink(self, job))
+        job.retry_later = result.retry_later
+
+    def _on_time_limit(self, job: _Job, started: float, limit: float) -> None:
+        """I/O thread: the function still runs after ``limit`` seconds: an error event, then a reject."""
+        with job.lock:
+            if job.state != "running":
+                return
+            job.state = "timed_out"
+            log.error(
+                "message %s exceeded the time limit of %g s (ELASTICIO_MESSAGE_TIME_LIMIT): error and reject; "
+                "the function's thread finishes on its own and what it emits from now on is dropped",
+                job.message_id,
+                limit,
+                extra={"messageId": job.message_id},
+            )
+            error = TimeLimitExceeded(
+                f"the function did not finish within the time limit of {limit:g} s (ELASTICIO_MESSAGE_TIME_LIMIT)"
+            )
+            self._publish_event(job, Event(EventName.ERROR, error_payload(error)))
+        self._when_confirmed(job, lambda: self._on_confirmed(job, started, retried=False))
+
+    def _leave_for_redelivery(self, job: _Job, started: float) -> None:
+        """An infrastructure failure (the keys store): requeue the input after a bounded, growing backoff."""
+        with self._lock:
+            self._infrastructure_failures += 1
+            delay = min(self._retry_max, self._retry_first * 2 ** min(self._infrastructure_failures - 1, 16))
+        log.warning(
+            "message %s left for redelivery in %g s: %s",
+            job.message_id,
+            delay,
+            job.retry_later,
+            extra={"messageId": job.message_id},
+        )
+        self.transport.call_later(delay, lambda: self._complete(job, started, "requeue"))
 
     def _when_confirmed(self, job: _Job, then: Callable[[], None]) -> None:
         """Call ``then`` (on the I/O thread) once every publish of the job is confirmed or failed."""
@@ -269,10 +347,14 @@ class Worker:
     def _complete(self, job: _Job, started: float, settle: str | None) -> None:
         if settle == "ack":
             self.transport.ack(job.delivery)
+        elif settle == "requeue":
+            self.transport.reject(job.delivery, requeue=True)
         elif settle is not None:
             self.transport.reject(job.delivery, requeue=False)
-        if settle is not None:
+        if settle in ("ack", "reject"):
             self._remember(job.message_id)
+            with self._lock:
+                self._infrastructure_failures = 0
         self.processed += 1
         if log.isEnabledFor(logging.INFO):
             log.info(
