@@ -90,7 +90,9 @@ def test_the_step_config_comes_from_the_platform_api_and_update_keys_can_also_be
     assert auth == "Basic " + base64.b64encode(b"me:api-key-planted-77").decode()
     message = data.decrypted()
     assert message["body"] == {"n": 1, "me": "user-1"}
-    assert message["passthrough"]["step_1"]["body"] == {"n": 1}, "is_passthrough carries the input along"
+    # as sailor 2.7.8: passthrough[STEP_ID] is the step's output without its passthrough
+    own = message["passthrough"]["step_1"]
+    assert own["body"] == {"n": 1, "me": "user-1"} and own["id"] == message["id"] and "passthrough" not in own
     ((put_path, put_body, _),) = FakePlatform.puts
     assert put_path == "/v1/accounts/acct-api"
     assert put_body["keys"]["oauth"]["refresh_token"] == update.decrypted()["oauth"]["refresh_token"]

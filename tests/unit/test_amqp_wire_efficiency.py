@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import pika
+import pika.data
 import pika.exceptions
 import pika.spec
 import pytest
@@ -285,3 +286,12 @@ def test_random_completion_orders_never_settle_an_unfinished_delivery_and_settle
         broker_settled.update(plan.singles)
         assert broker_settled == set(tags)
         assert len(window) == 0
+
+
+def test_a_signed_byte_header_is_written_as_field_type_b_and_reads_back_as_its_integer() -> None:
+    from oarlock.amqp.types import SignedByte
+
+    encoded = encode_table({"protocolVersion": SignedByte(1), "start": 1_795_350_646_882})
+    assert encoded[4:] == b"\x0fprotocolVersionb\x01" + b"\x05startl" + (1_795_350_646_882).to_bytes(8, "big")
+    decoded, _end = pika.data.decode_table(encoded, 0)
+    assert decoded == {"protocolVersion": 1, "start": 1_795_350_646_882}

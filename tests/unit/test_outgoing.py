@@ -16,33 +16,46 @@ from oarlock.redact import register_secret
 from tests.unit.test_worker_rules import settings_for
 
 CIPHER = MessageCipher("testCryptoPassword", "iv=any16_symbols")
-BASE = {"stepId": "step_1", "threadId": "t-1", "parentMessageId": "in-1", "protocolVersion": 1}
+HEAD = {"stepId": "step_1", "threadId": "t-1"}
+TAIL = {"parentMessageId": "in-1", "function": "echo", "start": 7}
 
 
 def encoder(*, passthrough: bool = False, **env: str) -> OutgoingEncoder:
-    ids = iter(f"id-{n}" for n in range(100))
-    return OutgoingEncoder(
-        settings_for("echo", **env), CIPHER, is_passthrough=passthrough, clock_ms=lambda: 42, ids=lambda: next(ids)
-    )
+    return OutgoingEncoder(settings_for("echo", **env), CIPHER, is_passthrough=passthrough, clock_ms=lambda: 42)
 
 
 def view(incoming: dict[str, Any] | None = None, message: Message | None = None, body: bytes = b"raw") -> InputView:
     incoming = incoming or {}
     return InputView(
         incoming,
-        dict(BASE),
+        dict(HEAD),
+        dict(TAIL),
         body,
         content=message.to_dict() if message else None,
         message=message,
         protocol_version=protocol_version_of(incoming),
+        message_id="input-out-id",
     )
 
 
 def test_data_goes_encrypted_to_the_data_routing_key_with_the_base_headers_its_id_and_end() -> None:
     (out,), is_error = encoder().encode(view(), Event(EventName.DATA, Message({"a": 1}, id="out-1")))
     assert not is_error and out.routing_key == "rk.data" and out.exchange == "exchange-1"
-    assert out.headers == {**BASE, "messageId": "out-1", "end": 42}
-    assert CIPHER.decrypt(out.body)["body"] == {"a": 1} and out.expiration is None
+    assert out.headers == {**HEAD, "messageId": "out-1", **TAIL, "end": 42, "protocolVersion": 1}
+    assert list(out.headers) == [
+        "stepId",
+        "threadId",
+        "messageId",
+        "parentMessageId",
+        "function",
+        "start",
+        "end",
+        "protocolVersion",
+    ]
+    assert type(out.headers["protocolVersion"]).__name__ == "SignedByte"
+    wire = CIPHER.decrypt(out.body)
+    assert list(wire) == ["id", "attachments", "body", "headers", "metadata"] and wire["metadata"] == {}
+    assert wire["body"] == {"a": 1} and out.expiration is None
 
 
 def test_a_routing_key_header_of_the_message_routes_it_and_the_functions_object_keeps_its_headers() -> None:
@@ -52,12 +65,21 @@ def test_a_routing_key_header_of_the_message_routes_it_and_the_functions_object_
     assert emitted.headers == {"X-EIO-Routing-Key": "custom.key", "keep": 1}
 
 
-def test_a_passthrough_step_keeps_its_input_without_the_inputs_own_passthrough_under_its_step_id() -> None:
+def test_a_passthrough_step_keeps_its_output_without_passthrough_under_its_step_id_over_the_inputs() -> None:
     incoming = Message({"in": 1}, passthrough={"step_0": {"body": {"earlier": True}}})
-    (out,), _ = encoder(passthrough=True).encode(view(message=incoming), Event(EventName.DATA, Message({"x": 2})))
-    passthrough = CIPHER.decrypt(out.body)["passthrough"]
-    assert passthrough["step_0"] == {"body": {"earlier": True}}
-    assert passthrough["step_1"]["body"] == {"in": 1} and "passthrough" not in passthrough["step_1"]
+    emitted = Message({"x": 2}, id="out-7", passthrough={"own": "dropped"})
+    (out,), _ = encoder(passthrough=True).encode(view(message=incoming), Event(EventName.DATA, emitted))
+    wire = CIPHER.decrypt(out.body)
+    passthrough = wire["passthrough"]
+    assert passthrough["step_0"] == {"body": {"earlier": True}} and "own" not in passthrough
+    assert passthrough["step_1"] == {"id": "out-7", "attachments": {}, "body": {"x": 2}, "headers": {}, "metadata": {}}
+
+
+def test_no_self_passthrough_carries_the_inputs_passthrough_without_the_steps_own() -> None:
+    incoming = Message({"in": 1}, passthrough={"step_0": {"body": {"earlier": True}}})
+    enc = encoder(passthrough=True, ELASTICIO_NO_SELF_PASSTRHOUGH="true")
+    (out,), _ = enc.encode(view(message=incoming), Event(EventName.DATA, Message({"x": 2})))
+    assert CIPHER.decrypt(out.body)["passthrough"] == {"step_0": {"body": {"earlier": True}}}
 
 
 def test_an_error_carries_the_encrypted_error_and_the_input_and_goes_to_reply_to_as_well() -> None:
@@ -70,7 +92,8 @@ def test_an_error_carries_the_encrypted_error_and_the_input_and_goes_to_reply_to
     decrypted = CIPHER.decrypt(body["error"].encode())
     assert decrypted["message"] == "boom with ***" and body["errorInput"] == "raw"
     assert reply.headers["x-eio-error-response"] is True and CIPHER.decrypt(reply.body) == decrypted
-    assert error.headers["end"] == 42
+    assert error.headers["end"] == 42 and "protocolVersion" not in error.headers
+    assert error.headers["messageId"] == "input-out-id"
 
 
 def test_error_replies_can_be_turned_off() -> None:
@@ -106,13 +129,21 @@ def test_a_rebound_doubles_its_expiration_per_iteration_keeps_the_original_body_
 def test_a_snapshot_is_plain_json_naming_its_event() -> None:
     (out,), _ = encoder().encode(view(), Event(EventName.UPDATE_SNAPSHOT, {"cursor": 5}))
     assert json.loads(out.body) == {"cursor": 5} and out.headers["snapshotEvent"] == "updateSnapshot"
-    assert out.routing_key == "rk.snapshot" and "end" not in out.headers
+    assert out.routing_key == "rk.snapshot" and "end" not in out.headers and "protocolVersion" not in out.headers
+
+
+def test_the_snapshots_of_one_input_share_one_message_id_as_in_sailor() -> None:
+    enc, one = encoder(), view()
+    (first,), _ = enc.encode(one, Event(EventName.UPDATE_SNAPSHOT, {"a": 1}))
+    (second,), _ = enc.encode(one, Event(EventName.SNAPSHOT, {"b": 2}))
+    assert first.headers["messageId"] == second.headers["messageId"] == "input-out-id"
 
 
 def test_update_keys_goes_encrypted_to_its_routing_key() -> None:
     payload = {"account": "a", "version": 3, "oauth": {"access_token": "t"}}
     (out,), is_error = encoder().encode(view(), Event(EventName.UPDATE_KEYS, payload))
     assert not is_error and out.routing_key == "updateKeys" and CIPHER.decrypt(out.body) == payload
+    assert out.headers["protocolVersion"] == 1  # the keys consumer decrypts by it
 
 
 def test_an_http_reply_needs_reply_to_and_a_body_within_the_size_limit() -> None:
@@ -138,3 +169,48 @@ def test_the_protocol_version_header_is_read_as_an_integer(header: Any, expected
 def test_a_protocol_version_that_is_not_an_integer_is_a_decode_error_naming_the_header(header: Any) -> None:
     with pytest.raises(DecodeError, match="protocolVersion header must be an integer"):
         protocol_version_of({"protocolVersion": header})
+
+
+def wire_types(table: bytes) -> dict[str, str]:
+    """Header name -> AMQP field type letter, read from an encoded field table (the types sailor uses)."""
+    sizes = {"l": 8, "I": 4, "b": 1, "t": 1}
+    out: dict[str, str] = {}
+    offset, end = 4, 4 + int.from_bytes(table[:4], "big")
+    while offset < end:
+        length = table[offset]
+        name = table[offset + 1 : offset + 1 + length].decode()
+        kind = chr(table[offset + 1 + length])
+        offset += 2 + length
+        if kind == "S":
+            offset += 4 + int.from_bytes(table[offset : offset + 4], "big")
+        else:
+            offset += sizes[kind]
+        out[name] = kind
+    return out
+
+
+@pytest.mark.parametrize("capture", ["capture-passthrough.json", "capture-fail.json"])
+def test_the_headers_go_on_the_wire_in_sailors_order_and_field_types(capture: str) -> None:
+    from oarlock.amqp.fieldtable import encode_table
+    from oarlock.protocol.headers import OutgoingHeaders
+    from oarlock.protocol.settings import Settings
+    from tests.support import DATA
+
+    recorded = json.loads((DATA / "sailor-captures" / capture).read_text())
+    settings = Settings.from_env(recorded["env"])
+    cipher = MessageCipher(settings.message_crypto_password, settings.message_crypto_iv)
+    incoming = recorded["input"]["headers"]
+    head, tail = OutgoingHeaders(settings).parts(incoming, start_ms=1_795_350_646_882)
+    message = Message.from_dict(recorded["input"]["body_decrypted"])
+    one = InputView(incoming, head, tail, b"x", content=message.to_dict(), message=message, protocol_version=1)
+    enc = OutgoingEncoder(settings, cipher)
+    event = (
+        Event(EventName.DATA, Message(message.body))
+        if "passthrough" in capture
+        else Event(EventName.ERROR, {"name": "IntentionalError", "message": "m", "stack": ""})
+    )
+    (out, *_), _ = enc.encode(one, event)
+    (theirs,) = recorded["published"]
+    types = wire_types(encode_table(out.headers))
+    assert list(types) == theirs["header_order"]
+    assert types == theirs["header_types"]

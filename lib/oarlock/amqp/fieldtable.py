@@ -24,6 +24,8 @@ import pika.data
 import pika.exceptions
 import pika.spec
 
+from oarlock.amqp.types import SignedByte
+
 _FLAG_CONTENT_TYPE = pika.spec.BasicProperties.FLAG_CONTENT_TYPE
 _FLAG_CONTENT_ENCODING = pika.spec.BasicProperties.FLAG_CONTENT_ENCODING
 _FLAG_HEADERS = pika.spec.BasicProperties.FLAG_HEADERS
@@ -83,6 +85,10 @@ def encode_table(table: dict[str, Any]) -> bytes:
             if len(last) < _LAST_ENTRIES_MAX:
                 last[key] = (value, entry)
             parts.append(entry)
+            continue
+        if kind is SignedByte and type(key) is str and -128 <= value <= 127 and len(key.encode()) <= 255:
+            name = key.encode()
+            parts.append(b"".join((bytes((len(name),)), name, b"b", value.to_bytes(1, "big", signed=True))))
             continue
         parts.append(_pika_entry(key, value))
     body = b"".join(parts)

@@ -17,6 +17,12 @@ from concurrent.futures import Future
 from typing import Any, NamedTuple, Protocol
 
 
+class SignedByte(int):
+    """An integer header sent as an AMQP signed byte (field type ``b``), as sailor sends ``protocolVersion``."""
+
+    __slots__ = ()
+
+
 class Incoming(NamedTuple):
     """One message as the broker delivered it (cheap to build: one per message)."""
 

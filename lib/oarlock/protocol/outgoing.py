@@ -15,17 +15,19 @@
 - ``httpReply``: encrypted (protocol 1) to ``reply_to``; without one an EncodeError.
 
 Size limits raise :class:`~oarlock.errors.EncodeError`; the worker turns that into an error
-event. The clock and the id source can be injected, so every rule is unit-tested as it is.
+event. The clock can be injected (and the per-input message id is the view's), so every rule is
+unit-tested as it is. Where oarlock differs from sailor-nodejs 2.7.8 on the wire, docs/protocol.md
+says so and why.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from oarlock.amqp.types import Outgoing, now_ms
+from oarlock.amqp.types import Outgoing, SignedByte, now_ms
 from oarlock.errors import DecodeError, EncodeError
 from oarlock.protocol.crypto import MessageCipher, dumps
 from oarlock.protocol.events import Event, EventName
@@ -42,7 +44,8 @@ class InputView:
     """What encoding needs of the input an event belongs to."""
 
     incoming: Mapping[str, Any]  # the input's AMQP headers
-    base: dict[str, Any]  # the outgoing header set of this input (OutgoingHeaders.for_input)
+    head: dict[str, Any]  # the outgoing headers before messageId (OutgoingHeaders.parts)
+    tail: dict[str, Any]  # and after it
     body: bytes  # the input's body as delivered
     content: Any = None  # the decrypted body, None when it could not be decoded
     message: Message | None = None
@@ -50,6 +53,7 @@ class InputView:
     content_encoding: str | None = None
     delivery_mode: int | None = None
     protocol_version: int = 1  # the input's, once read (protocol_version_of)
+    message_id: str = field(default_factory=new_id)  # the id of every outgoing message but data (as sailor)
 
 
 def protocol_version_of(incoming: Mapping[str, Any]) -> int:
@@ -79,13 +83,11 @@ class OutgoingEncoder:
         *,
         is_passthrough: bool = False,
         clock_ms: Callable[[], int] = now_ms,
-        ids: Callable[[], str] = new_id,
     ) -> None:
         self.settings = settings
         self.cipher = cipher
         self.is_passthrough = is_passthrough
         self._clock_ms = clock_ms
-        self._ids = ids
 
     def encode(self, view: InputView, event: Event) -> Encoded:
         """The messages one event becomes (none for ``end``); EncodeError when it cannot be published."""
@@ -114,13 +116,17 @@ class OutgoingEncoder:
             emitted.body, dict(emitted.headers), emitted.attachments, emitted.id, emitted.passthrough, emitted.extra
         )
         routing_key = routing_key_override(message.headers) or self.settings.data_routing_key
-        if self.is_passthrough and view.message is not None:
-            incoming = view.message.to_dict()
-            previous = incoming.pop("passthrough", None) or {}
-            message.passthrough = {**previous, self.settings.step_id: incoming}
-        body = self.cipher.encrypt(message.to_dict(), self.settings.protocol_version)
+        wire = wire_message(message)
+        if self.is_passthrough:
+            # as sailor 2.7.8: the step's output without its passthrough, over the input's passthrough
+            incoming = (view.message.passthrough if view.message is not None else None) or {}
+            own = {k: v for k, v in wire.items() if k != "passthrough"}
+            wire["passthrough"] = (
+                {**incoming} if self.settings.no_self_passthrough else {**incoming, self.settings.step_id: own}
+            )
+        body = self.cipher.encrypt(wire, self.settings.protocol_version)
         self._check_size(body, "data")
-        return self._to(routing_key, body, self.headers(view, message_id=message.id, end=True))
+        return self._to(routing_key, body, self.headers(view, message_id=message.id, end=True, version=True))
 
     def error(self, view: InputView, payload: Any) -> list[Outgoing]:
         error = redact(payload)
@@ -147,8 +153,7 @@ class OutgoingEncoder:
         # the outgoing header set (a new messageId, parentMessageId = this input) like sailor, but the body is the
         # original bytes, so its protocolVersion is the incoming one
         headers = {
-            **self.headers(view),
-            "protocolVersion": view.protocol_version,
+            **self.headers(view, version=True, value=view.protocol_version),
             "reboundIteration": iteration,
             "reboundReason": rebound_reason(payload),
         }
@@ -169,7 +174,7 @@ class OutgoingEncoder:
 
     def update_keys(self, view: InputView, payload: dict[str, Any]) -> Outgoing:
         body = self.cipher.encrypt(payload, self.settings.protocol_version)
-        return self._to(self.settings.update_keys_routing_key, body, self.headers(view))
+        return self._to(self.settings.update_keys_routing_key, body, self.headers(view, version=True))
 
     def http_reply(self, view: InputView, payload: dict[str, Any]) -> Outgoing:
         reply_to = view.incoming.get("reply_to")
@@ -177,14 +182,28 @@ class OutgoingEncoder:
             raise EncodeError("httpReply needs the incoming message to carry a reply_to header")
         body = self.cipher.encrypt(payload, 1)
         self._check_size(body, "httpReply")
-        return self._to(str(reply_to), body, self.headers(view))
+        return self._to(str(reply_to), body, self.headers(view, version=True, value=1))
 
     # -- helpers ------------------------------------------------------------------------------------
-    def headers(self, view: InputView, *, message_id: str | None = None, end: bool = False) -> dict[str, Any]:
-        headers = dict(view.base)
-        headers["messageId"] = message_id or self._ids()
+    def headers(
+        self,
+        view: InputView,
+        *,
+        message_id: str | None = None,
+        end: bool = False,
+        version: bool = False,
+        value: int | None = None,
+    ) -> dict[str, Any]:
+        """The input's headers with ``messageId`` in sailor's place; ``end`` and ``protocolVersion`` when asked.
+
+        Like sailor, every message of one input but data (which carries its body's id) has the same
+        ``messageId``; error and snapshot messages carry no ``protocolVersion``; it is a signed byte.
+        """
+        headers = {**view.head, "messageId": message_id or view.message_id, **view.tail}
         if end:
             headers["end"] = self._clock_ms()
+        if version:
+            headers["protocolVersion"] = SignedByte(self.settings.protocol_version if value is None else value)
         return headers
 
     def _to(self, routing_key: str, body: bytes, headers: dict[str, Any]) -> Outgoing:
@@ -199,6 +218,22 @@ class OutgoingEncoder:
                 f"outgoing {what} message is {len(body)} bytes, over the limit of {limit} bytes "
                 "(ELASTICIO_OUTGOING_MESSAGE_SIZE_LIMIT)"
             )
+
+
+def wire_message(message: Message) -> dict[str, Any]:
+    """A data message as sailor writes it: ``{id, attachments, body, headers, metadata}``, then passthrough and extras."""
+    extra = dict(message.extra)
+    out: dict[str, Any] = {
+        "id": message.id,
+        "attachments": message.attachments,
+        "body": message.body,
+        "headers": message.headers,
+        "metadata": extra.pop("metadata", None) or {},
+    }
+    if message.passthrough is not None:
+        out["passthrough"] = message.passthrough
+    out.update(extra)
+    return out
 
 
 def rebound_reason(payload: Any) -> str:

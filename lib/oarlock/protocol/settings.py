@@ -104,6 +104,7 @@ class Settings:
     log_level: str = "info"
     grace_seconds: float = 30.0
     message_time_limit: float | None = None  # seconds one input may run before it is an error (oarlock)
+    no_self_passthrough: bool = False  # sailor's NO_SELF_PASSTRHOUGH (its spelling): no passthrough[STEP_ID]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, api_optional: bool = False) -> Settings:
@@ -176,4 +177,5 @@ class Settings:
             log_level=env.get(PREFIX + "LOG_LEVEL") or "info",
             grace_seconds=grace,
             message_time_limit=time_limit if time_limit > 0 else None,
+            no_self_passthrough=_bool(env, "NO_SELF_PASSTRHOUGH", False),
         )

@@ -246,9 +246,11 @@ class Worker:
     def _prepare(self, delivery: Incoming) -> _Job | None:
         """Register and decode the input (a decode error is published at once); None when already done."""
         incoming = dict(delivery.headers)
+        head, tail = self._outgoing_headers.parts(incoming, start_ms=now_ms())
         view = InputView(
             incoming,
-            self._outgoing_headers.for_input(incoming, start_ms=now_ms()),
+            head,
+            tail,
             delivery.body,
             content_type=delivery.content_type,
             content_encoding=delivery.content_encoding,
@@ -362,7 +364,7 @@ class Worker:
                 settle or "left for redelivery",
                 extra={
                     "messageId": job.message_id,
-                    "threadId": job.view.base.get("threadId"),
+                    "threadId": job.view.head.get("threadId"),
                     "stepId": self.settings.step_id,
                     "function": self.settings.function,
                     "duration_ms": round((time.monotonic() - started) * 1000, 2),

@@ -1,0 +1,2 @@
+def process(msg, cfg, snapshot, ctx):
+    ctx.emit("data", {"body": msg.body})
