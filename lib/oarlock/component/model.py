@@ -30,6 +30,8 @@ from oarlock.redact import redact_text
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 JAVA_CLASS = re.compile(r"^[a-z][\w]*(\.[\w$]+)+$")
+#: the viewClass of a credentials field whose value is a secret (masked in the UI, redacted by oarlock)
+PASSWORD_VIEW_CLASS = "PasswordFieldView"
 _import_lock = threading.Lock()
 
 
@@ -236,6 +238,22 @@ class Component:
         credentials = self.raw.get("credentials")
         oauth2 = credentials.get("oauth2") if isinstance(credentials, dict) else None
         return dict(oauth2) if isinstance(oauth2, dict) else {}
+
+    def password_fields(self) -> frozenset[str]:
+        """The cfg fields component.json declares as secrets: ``credentials.fields`` entries whose
+        ``viewClass`` is ``PasswordFieldView`` (e.g. ``accessKeySecret``, ``passphrase``, ``apiKey``).
+
+        Pass them with the cfg to :func:`oarlock.redact.register_password_fields`.
+        """
+        credentials = self.raw.get("credentials")
+        fields = credentials.get("fields") if isinstance(credentials, dict) else None
+        if not isinstance(fields, dict):
+            return frozenset()
+        return frozenset(
+            str(name)
+            for name, spec in fields.items()
+            if isinstance(spec, dict) and spec.get("viewClass") == PASSWORD_VIEW_CLASS
+        )
 
     def verifier_path(self) -> Path | None:
         path = self.root / "verify_credentials.py"

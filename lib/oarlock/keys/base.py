@@ -7,6 +7,13 @@ store's URL appears in messages. Implementations (:mod:`oarlock.keys.sqlite`,
 one by URL. A store is also the :class:`~oarlock.credentials.manager.RefreshCoordinator` of the
 refresh engine: workers take its lock before refreshing and re-read the newest credential, so
 single-use refresh tokens are never burnt twice across processes.
+
+At rest, both stores seal the token fields with the key in ``OARLOCK_KEYS_KEY``
+(:mod:`oarlock.keys.sealing`: AES-256-GCM, the envelope format, the mixed-store rules) and
+``get``/``list`` return them in clear; the SQLite store keeps its files 0600 in a 0700 folder
+(:mod:`oarlock.keys.private`, which also has :func:`~oarlock.keys.private.write_private` for other
+files holding secrets). :class:`ResealableStore` is a store that can seal, in place, the rows
+written in clear before a key was set.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import builtins
 import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from oarlock.errors import KeyStoreError
 
@@ -42,6 +49,12 @@ class KeyStore(Protocol):
         """Mutual exclusion per account across processes; KeyStoreError on timeout."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ResealableStore(KeyStore, Protocol):
+    def reseal(self) -> int:
+        """Seal the token fields stored in clear (versions kept); the number of rows rewritten."""
 
 
 def apply_update_keys(store: KeyStore, payload: dict[str, Any]) -> bool:

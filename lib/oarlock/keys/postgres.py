@@ -1,6 +1,12 @@
 """PostgreSQL keys store: one store for a fleet of workers (advisory locks per account).
 
 It implements the contract of :mod:`oarlock.keys.base`; :func:`oarlock.keys.store.open_store` opens it by URL.
+
+With a key the token fields are sealed (:mod:`oarlock.keys.sealing`) before they are sent, so
+the server (its table, its WAL, its logs) only ever receives them sealed. Rows written in clear
+before the key was set stay readable and are sealed at their next write or by :meth:`reseal`;
+their old clear tuples stay in the table's files until PostgreSQL reuses the space (``VACUUM
+FULL`` rewrites the table at once).
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ from typing import Any
 
 from oarlock.errors import KeyStoreError
 from oarlock.keys.base import StoredCredential, safe_url
+from oarlock.keys.sealing import Sealer
+from oarlock.redact import redact_text
 
 DEFAULT_TABLE = "oarlock_credentials"
 
 
 class PostgresKeyStore:
-    def __init__(self, url: str, *, table: str = DEFAULT_TABLE) -> None:
+    """``key``: the 32-byte sealing key, or None to store tokens in clear (``open_store`` reads OARLOCK_KEYS_KEY)."""
+
+    def __init__(self, url: str, *, table: str = DEFAULT_TABLE, key: bytes | None = None) -> None:
         try:
             import psycopg
             import psycopg.errors
@@ -32,6 +42,7 @@ class PostgresKeyStore:
         self._psycopg = psycopg
         self.url = url
         self.table = table
+        self._sealer = Sealer(key, f"{safe_url(url)} (table {table})")
         self._local = threading.local()
         create = (
             f"CREATE TABLE IF NOT EXISTS {table} (account TEXT PRIMARY KEY, version BIGINT NOT NULL, "
@@ -42,9 +53,7 @@ class PostgresKeyStore:
         except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
             pass  # another process created it at the same moment (IF NOT EXISTS is not race-free)
         except psycopg.Error as exc:
-            raise KeyStoreError(
-                f"keys store {safe_url(url)}: {type(exc).__name__}: {exc.diag.message_primary}"
-            ) from None
+            raise KeyStoreError(f"keys store {safe_url(url)}: {type(exc).__name__}: {_reason(exc)}") from None
 
     def __repr__(self) -> str:
         return f"PostgresKeyStore({safe_url(self.url)!r})"
@@ -56,7 +65,7 @@ class PostgresKeyStore:
                 conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
             except self._psycopg.Error as exc:
                 raise KeyStoreError(
-                    f"keys store {safe_url(self.url)} cannot be reached: {type(exc).__name__}"
+                    f"keys store {safe_url(self.url)} cannot be reached: {type(exc).__name__}: {_reason(exc)}"
                 ) from None
             self._local.conn = conn
         return conn
@@ -65,9 +74,7 @@ class PostgresKeyStore:
         try:
             return self._connection().execute(sql, args)
         except self._psycopg.Error as exc:
-            raise KeyStoreError(
-                f"keys store {safe_url(self.url)}: {type(exc).__name__}: {exc.diag.message_primary}"
-            ) from None
+            raise KeyStoreError(f"keys store {safe_url(self.url)}: {type(exc).__name__}: {_reason(exc)}") from None
 
     def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
         cursor = self._execute(
@@ -75,9 +82,44 @@ class PostgresKeyStore:
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (account) DO UPDATE SET version = excluded.version, "
             "oauth = excluded.oauth, response = excluded.response, updated_at = excluded.updated_at "
             "WHERE excluded.version > c.version",
-            (account, int(version), json.dumps(oauth), json.dumps(response) if response else None, time.time()),
+            (account, int(version), *self._sealed_texts(account, oauth, response), time.time()),
         )
         return bool(cursor.rowcount)
+
+    def _sealed_texts(
+        self, account: str, oauth: dict[str, Any], response: dict[str, Any] | None, *, keep_sealed: bool = False
+    ) -> tuple[str, str | None]:
+        sealed_oauth = self._sealer.seal(account, "oauth", oauth, keep_sealed=keep_sealed)
+        sealed_response = self._sealer.seal(account, "response", response, keep_sealed=keep_sealed)
+        return json.dumps(sealed_oauth), json.dumps(sealed_response) if response else None
+
+    def reseal(self) -> int:
+        """Seal the token fields still stored in clear (rows written before the key was set).
+
+        One transaction, rows locked (``FOR UPDATE``); versions and ``updated_at`` stay as they are,
+        fields sealed already are left. Returns the number of rows rewritten; a KeyStoreError
+        without a key.
+        """
+        if not self._sealer.sealing:
+            raise KeyStoreError(f"keys store {safe_url(self.url)}: reseal needs a key (OARLOCK_KEYS_KEY)")
+        count = 0
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                rows = conn.execute(f"SELECT account, oauth, response FROM {self.table} FOR UPDATE").fetchall()
+                for account, oauth, response in rows:
+                    if not (self._sealer.needs_reseal(oauth) or self._sealer.needs_reseal(response)):
+                        continue
+                    conn.execute(
+                        f"UPDATE {self.table} SET oauth = %s, response = %s WHERE account = %s",
+                        (*self._sealed_texts(account, oauth, response, keep_sealed=True), account),
+                    )
+                    count += 1
+        except self._psycopg.Error as exc:
+            raise KeyStoreError(
+                f"keys store {safe_url(self.url)}: cannot reseal: {type(exc).__name__}: {_reason(exc)}"
+            ) from None
+        return count
 
     def get(self, account: str) -> StoredCredential | None:
         rows = self._select("WHERE account = %s", (account,))
@@ -91,7 +133,13 @@ class PostgresKeyStore:
             f"SELECT account, version, oauth, response, updated_at FROM {self.table} {clause}", args
         ).fetchall()
         return [
-            StoredCredential(account=r[0], version=int(r[1]), oauth=r[2], response=r[3], updated_at=float(r[4]))
+            StoredCredential(
+                account=r[0],
+                version=int(r[1]),
+                oauth=self._sealer.open(r[0], "oauth", r[2]),
+                response=self._sealer.open(r[0], "response", r[3]),
+                updated_at=float(r[4]),
+            )
             for r in rows
         ]
 
@@ -118,3 +166,13 @@ class PostgresKeyStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _reason(exc: Exception) -> str:
+    """The driver's reason in one line: the server's primary message, else the client's own (e.g. connection refused)."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return str(primary)
+    text = " ".join(str(exc).split())
+    return redact_text(text)[:300] if text else "no reason given"

@@ -1,6 +1,15 @@
 """SQLite keys store: the embedded default (``.oarlock/keys.sqlite``).
 
 It implements the contract of :mod:`oarlock.keys.base`; :func:`oarlock.keys.store.open_store` opens it by URL.
+
+At rest: the folder is made 0700 when the store creates it (an existing ``.oarlock`` folder is
+tightened to 0700, any other folder open to other users is warned about once); the database
+file is created 0600 before SQLite opens it, so SQLite makes its ``-wal``/``-shm``/``-journal``
+files 0600 too (it copies the database file's mode), and files left looser by an earlier run are
+tightened; the per-account lock files are 0600 in a 0700 ``NAME.locks`` folder. With a key the
+token fields are sealed (:mod:`oarlock.keys.sealing`) before any SQL runs, so neither the
+database nor its WAL ever receives them in clear; ``secure_delete`` is on, so a row that was
+overwritten (a clear row re-sealed) leaves no clear bytes behind in the database pages.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from typing import Any
 
 from oarlock.errors import KeyStoreError
 from oarlock.keys.base import StoredCredential
+from oarlock.keys.private import private_dir, private_file, tighten_fd, tighten_if_present
+from oarlock.keys.sealing import Sealer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS credentials (
@@ -56,13 +67,23 @@ def _use_wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.025)
 
 
+#: files SQLite may create beside the database
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
 class SqliteKeyStore:
-    def __init__(self, path: str | Path) -> None:
+    """``key``: the 32-byte sealing key, or None to store tokens in clear (``open_store`` reads OARLOCK_KEYS_KEY)."""
+
+    def __init__(self, path: str | Path, *, key: bytes | None = None) -> None:
         self.path = Path(path)
+        self._sealer = Sealer(key, str(self.path))
         self._local = threading.local()
-        self._lock_files: dict[str, int] = {}
+        self._lock_dir_ready = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            private_file(self.path)
+            for suffix in SIDE_FILES:
+                tighten_if_present(self.path.with_name(self.path.name + suffix))
             with self._transaction() as conn:
                 conn.execute(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
@@ -76,6 +97,7 @@ class SqliteKeyStore:
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA secure_delete=ON")
             _use_wal(conn)
             self._local.conn = conn
         return conn
@@ -92,12 +114,10 @@ class SqliteKeyStore:
         conn.execute("COMMIT")
 
     def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
+        oauth_text, response_text = self._sealed_texts(account, oauth, response)
         try:
             with self._transaction() as conn:
-                cursor = conn.execute(
-                    UPSERT,
-                    (account, int(version), json.dumps(oauth), json.dumps(response) if response else None, time.time()),
-                )
+                cursor = conn.execute(UPSERT, (account, int(version), oauth_text, response_text, time.time()))
                 return cursor.rowcount > 0
         except sqlite3.Error as exc:
             raise KeyStoreError(f"keys store {self.path}: cannot save account {account}: {exc}") from None
@@ -122,22 +142,64 @@ class SqliteKeyStore:
             StoredCredential(
                 account=r[0],
                 version=int(r[1]),
-                oauth=json.loads(r[2]),
-                response=json.loads(r[3]) if r[3] else None,
+                oauth=self._sealer.open(r[0], "oauth", json.loads(r[2])),
+                response=self._sealer.open(r[0], "response", json.loads(r[3])) if r[3] else None,
                 updated_at=float(r[4]),
             )
             for r in rows
         ]
+
+    def _sealed_texts(
+        self, account: str, oauth: dict[str, Any], response: dict[str, Any] | None, *, keep_sealed: bool = False
+    ) -> tuple[str, str | None]:
+        sealed_oauth = self._sealer.seal(account, "oauth", oauth, keep_sealed=keep_sealed)
+        sealed_response = self._sealer.seal(account, "response", response, keep_sealed=keep_sealed)
+        return json.dumps(sealed_oauth), json.dumps(sealed_response) if response else None
+
+    def reseal(self) -> int:
+        """Seal the token fields still stored in clear (rows written before the key was set).
+
+        Versions and ``updated_at`` stay as they are; fields sealed already are left. Afterwards the
+        WAL is checkpointed and truncated, so the clear bytes are gone from the -wal file too (and
+        ``secure_delete`` zeroed them in the database pages). Returns the number of rows rewritten;
+        a KeyStoreError without a key.
+        """
+        if not self._sealer.sealing:
+            raise KeyStoreError(f"keys store {self.path}: reseal needs a key (OARLOCK_KEYS_KEY)")
+        count = 0
+        try:
+            with self._transaction() as conn:
+                rows = conn.execute("SELECT account, oauth, response FROM credentials").fetchall()
+                for account, oauth_text, response_text in rows:
+                    oauth = json.loads(oauth_text)
+                    response = json.loads(response_text) if response_text else None
+                    if not (self._sealer.needs_reseal(oauth) or self._sealer.needs_reseal(response)):
+                        continue
+                    texts = self._sealed_texts(account, oauth, response, keep_sealed=True)
+                    conn.execute("UPDATE credentials SET oauth = ?, response = ? WHERE account = ?", (*texts, account))
+                    count += 1
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"keys store {self.path}: cannot reseal: {exc}") from None
+        return count
 
     @contextlib.contextmanager
     def lock(self, account: str, timeout: float = 30.0) -> Iterator[None]:
         """An flock on a per-account lock file beside the database: excludes other processes and threads."""
         digest = hashlib.sha256(account.encode()).hexdigest()[:16]
         lock_dir = self.path.parent / (self.path.name + ".locks")
-        lock_dir.mkdir(exist_ok=True)
-        fd = os.open(lock_dir / digest, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if not self._lock_dir_ready:
+                private_dir(lock_dir, own=True)
+                self._lock_dir_ready = True
+            fd = os.open(lock_dir / digest, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise KeyStoreError(
+                f"keys store {self.path}: cannot open the lock file of account {account}: {exc}"
+            ) from None
         deadline = time.monotonic() + timeout
         try:
+            tighten_fd(fd, lock_dir / digest)
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -8,18 +8,24 @@ The contract's names (:class:`StoredCredential`, :class:`KeyStore`, :func:`apply
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from oarlock.keys.base import KeyStore, StoredCredential, apply_update_keys, safe_url
+from oarlock.keys.sealing import key_from_environment
 
 __all__ = ["KeyStore", "StoredCredential", "apply_update_keys", "open_store", "safe_url"]
 
 
-def open_store(url: str) -> KeyStore:
+def open_store(url: str, *, environ: Mapping[str, str] | None = None) -> KeyStore:
     """A plain path or ``sqlite:///path`` opens SQLite; ``postgresql://…`` opens PostgreSQL.
 
     A PostgreSQL URL may name the table with ``?table=NAME`` (default ``oarlock_credentials``).
+    The sealing key is read from ``OARLOCK_KEYS_KEY`` in ``environ`` (default: the process's
+    environment); unset or empty stores tokens in clear, a malformed one is a ConfigurationError
+    (see :mod:`oarlock.keys.sealing`).
     """
+    key = key_from_environment(environ)
     if url.startswith(("postgresql://", "postgres://")):
         from oarlock.keys.postgres import DEFAULT_TABLE, PostgresKeyStore
 
@@ -27,8 +33,8 @@ def open_store(url: str) -> KeyStore:
         query = parse_qsl(parts.query, keep_blank_values=True)
         table = next((value for key, value in query if key == "table"), DEFAULT_TABLE)
         rest = urlencode([(key, value) for key, value in query if key != "table"])
-        return PostgresKeyStore(urlunsplit(parts._replace(query=rest)), table=table)
+        return PostgresKeyStore(urlunsplit(parts._replace(query=rest)), table=table, key=key)
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
     from oarlock.keys.sqlite import SqliteKeyStore
 
-    return SqliteKeyStore(path)
+    return SqliteKeyStore(path, key=key)

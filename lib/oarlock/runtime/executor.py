@@ -27,7 +27,13 @@ from oarlock.errors import ComponentError, KeyStoreError, OarlockError
 from oarlock.jsoncopy import copy_json
 from oarlock.protocol.events import Event, EventName, EventSink, error_payload, normalise
 from oarlock.protocol.message import Message
-from oarlock.redact import redact, redact_text, register_credential
+from oarlock.redact import (
+    redact,
+    redact_text,
+    register_credential,
+    register_password_fields,
+    register_secret_keys,
+)
 from oarlock.runtime.context import Context
 
 if TYPE_CHECKING:
@@ -65,6 +71,9 @@ class FunctionRunner:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.component = component
+        # component.json's PasswordFieldView fields are secrets: masked under their keys and by value
+        self._password_fields = component.password_fields()
+        register_secret_keys(self._password_fields)
         self.spec: FunctionSpec = component.function(function)
         self.module: ModuleType = component.load_module(function)
         self.credentials = credentials
@@ -108,6 +117,7 @@ class FunctionRunner:
             prepared["oauth2"] = {**defaults, **(prepared.get("oauth2") or {})}
         if cfg is not self._registered_cfg:  # a worker passes the same cfg for every message: its secrets once
             register_credential(prepared)
+            register_password_fields(prepared, self._password_fields)
             self._registered_cfg = cfg
         return prepared
 
