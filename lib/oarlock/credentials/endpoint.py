@@ -1,28 +1,69 @@
-"""The token request itself: client authentication, retries with backoff, failure classes.
+"""The token request itself: client authentication, retries with backoff, bounds, failure classes.
 
-Network errors, 5xx and 429 are retried with exponential backoff and jitter (tenacity),
-honouring ``Retry-After``, within a total budget; ``invalid_grant`` / ``invalid_client``
-are never retried: they raise CredentialNeedsReauthorization at once.
+Network errors, 5xx and 429 are retried (tenacity) with exponential backoff and jitter. A
+``Retry-After`` hint (seconds or an HTTP date) is honoured, but the backoff is a floor under it
+(:func:`backoff_floor`: 0.5 s, 1 s, 2 s, 4 s, 8 s, then 10 s), so ``Retry-After: 0`` or a date in
+the past cannot turn a refresh into a tight loop. ``invalid_grant`` / ``invalid_client`` are never
+retried: they raise CredentialNeedsReauthorization at once.
+
+Every token request is bounded; each bound that is hit is a TokenEndpointError naming it and the
+account:
+
+- attempts: at most ``max_attempts`` token requests per refresh (default :data:`MAX_ATTEMPTS`, 6);
+- time: each token request has a wall-clock deadline (``request_deadline_seconds``, default
+  :data:`REQUEST_DEADLINE_SECONDS`, 30 s) and so does the whole refresh, all attempts and the
+  waits between them (``retry_budget_seconds``, default :data:`REFRESH_DEADLINE_SECONDS`, 60 s;
+  the attribute ``refresh_deadline_seconds``): no attempt starts, waits or goes on past it. The
+  read timeout of ``requests`` counts per socket read, so a server trickling a byte at a time
+  would defeat it: instead a watchdog shuts the request's socket down when its deadline passes,
+  and the answer is read with ``stream=True``. The refresh deadline counts the time spent in
+  requests plus the waits handed to ``sleep`` (an injected ``sleep`` keeps tests off the clock).
+  With a ``session`` of its own (not injected) the watchdog covers the headers too; an injected
+  session's own adapters are kept, and the watchdog then covers the body only;
+- memory: an answer is read up to :data:`MAX_RESPONSE_BYTES` (1 MiB, counted after
+  decompression); a longer one is not read further;
+- redirects: never followed (a 307 would post the refresh token and the client secret to
+  wherever it points); a 3xx names its status and the host of its ``Location``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
+import random
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+import requests.adapters
 import tenacity
+import urllib3
+import urllib3.connection
+import urllib3.response
 
 from oarlock.credentials.presets import RefreshSettings
 from oarlock.credentials.token import parse_token_response
-from oarlock.errors import CredentialNeedsReauthorization, TokenEndpointError
-from oarlock.redact import register_secret
+from oarlock.errors import ConfigurationError, CredentialNeedsReauthorization, TokenEndpointError
+from oarlock.redact import register_token
 
 log = logging.getLogger("oarlock.credentials")
-TOKEN_TIMEOUT = 30.0
+
+#: token requests one refresh makes at most
+MAX_ATTEMPTS = 6
+#: wall-clock deadline of one token request (connect, headers and body)
+REQUEST_DEADLINE_SECONDS = 30.0
+#: wall-clock deadline of one refresh: every attempt and every wait between attempts
+REFRESH_DEADLINE_SECONDS = 60.0
+#: a token answer longer than this (after decompression) is an error
+MAX_RESPONSE_BYTES = 1024 * 1024
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 10.0
+_CHUNK = 64 * 1024
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
@@ -40,44 +81,201 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-class _Wait(tenacity.wait.wait_base):
-    """Retry-After when the endpoint sent one, else exponential backoff with full jitter."""
+def backoff_floor(attempt: int) -> float:
+    """The least wait after failed attempt number ``attempt`` (1-based), whatever Retry-After says."""
+    return float(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt - 1)))
 
-    def __init__(self) -> None:
-        self._backoff = tenacity.wait_random_exponential(multiplier=0.5, max=10)
+
+class _Wait(tenacity.wait.wait_base):
+    """The backoff (the floor plus up to half of it as jitter), or Retry-After when it asks for longer."""
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        floor = backoff_floor(retry_state.attempt_number)
+        backoff = floor + random.uniform(0.0, floor / 2)
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
         hinted = getattr(error, "retry_after", None)
-        if isinstance(hinted, (int, float)):
+        if isinstance(hinted, (int, float)) and hinted >= floor:
             return float(hinted)
-        return float(self._backoff(retry_state))
+        return backoff
 
 
-class _StopWhenWaitsExceed(tenacity.stop.stop_base):
-    """Stop when the waits so far plus the next one would exceed the budget."""
+class _Budget:
+    """One refresh's deadline: time spent in requests (monotonic) plus the waits handed to ``sleep``."""
 
-    def __init__(self, budget: float) -> None:
+    def __init__(self, seconds: float, sleep: Callable[[float], None]) -> None:
+        self.seconds = seconds
+        self.attempts = 0
+        self.gave_up: str | None = None
+        self._sleep = sleep
+        self._start = time.monotonic()
+        self._slept = 0.0  # real time spent inside sleep
+        self._waited = 0.0  # the waits asked for
+
+    def used(self) -> float:
+        return time.monotonic() - self._start - self._slept + self._waited
+
+    def left(self) -> float:
+        return self.seconds - self.used()
+
+    def sleep(self, seconds: float) -> None:
+        started = time.monotonic()
+        try:
+            self._sleep(seconds)
+        finally:
+            self._slept += time.monotonic() - started
+            self._waited += seconds
+
+
+class _Stop(tenacity.stop.stop_base):
+    """Stop after the maximum of attempts, or when the next one would start past the refresh deadline."""
+
+    def __init__(self, max_attempts: int, budget: _Budget) -> None:
+        self.max_attempts = max_attempts
         self.budget = budget
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        return retry_state.idle_for + (retry_state.upcoming_sleep or 0.0) > self.budget
+        if retry_state.attempt_number >= self.max_attempts:
+            self.budget.gave_up = f"the maximum of {self.max_attempts} attempts"
+        elif self.budget.used() + (retry_state.upcoming_sleep or 0.0) >= self.budget.seconds:
+            self.budget.gave_up = f"the next attempt would start past the refresh deadline of {self.budget.seconds:g} s"
+        return self.budget.gave_up is not None
+
+
+# -- the per-request deadline ---------------------------------------------------------------------
+_active = threading.local()
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # the plain socket's shutdown, also under TLS: wakes a blocked read
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Deadline:
+    """One token request's wall-clock deadline: when it passes, the request's socket is shut down."""
+
+    def __init__(self, seconds: float, what: str) -> None:
+        self.seconds = seconds
+        self.what = what  # "the per-request deadline of 30 s", for messages
+        self.expired = False
+        self._at = time.monotonic() + seconds
+        self._done = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _active.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _active.deadline = None
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+
+    def passed(self) -> bool:
+        return self.expired or time.monotonic() >= self._at
+
+    def attach(self, connection: Any) -> None:
+        """Watch the connection's socket (taken now: http.client forgets it once a closing answer began)."""
+        sock = getattr(connection, "sock", None)
+        if sock is None:
+            return
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            _shutdown(self._sock)
+
+
+def _watch(connection: Any) -> None:
+    deadline = getattr(_active, "deadline", None)
+    if deadline is not None:
+        deadline.attach(connection)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]  # as urllib3 does
+        _watch(self)  # before the status line and the headers are read
+        return super().getresponse()
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]  # as urllib3 does
+        _watch(self)
+        return super().getresponse()
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """An adapter whose connections let the current request's deadline shut them down."""
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:  # SOCKS proxies keep their own pools
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
+def token_session() -> requests.Session:
+    """A session for token requests whose deadlines also cover the status line and the headers."""
+    session = requests.Session()
+    adapter = _WatchedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 class TokenClient:
-    """Sends refresh requests to token endpoints."""
+    """Sends refresh requests to token endpoints, within the bounds of the module docstring.
+
+    ``retry_budget_seconds`` is the refresh deadline (attribute ``refresh_deadline_seconds``);
+    ``request_deadline_seconds`` and ``max_attempts`` are kept as attributes of the same names.
+    """
 
     def __init__(
         self,
         *,
         session: requests.Session | None = None,
-        retry_budget_seconds: float = 60.0,
+        retry_budget_seconds: float = REFRESH_DEADLINE_SECONDS,
+        request_deadline_seconds: float = REQUEST_DEADLINE_SECONDS,
+        max_attempts: int = MAX_ATTEMPTS,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._session = session or requests.Session()
-        self._budget = retry_budget_seconds
+        if not retry_budget_seconds > 0 or not request_deadline_seconds > 0:
+            raise ConfigurationError("token request deadlines must be positive numbers of seconds")
+        if max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
+        self._session = session or token_session()
+        self.refresh_deadline_seconds = float(retry_budget_seconds)
+        self.request_deadline_seconds = float(request_deadline_seconds)
+        self.max_attempts = max_attempts
         self._sleep = sleep
         self._clock = clock
 
@@ -88,12 +286,12 @@ class TokenClient:
                 f"account {account} cannot be refreshed: oauth2.token_uri is not configured", account=account
             )
         form = self._form(settings, oauth, account)
+        budget = _Budget(self.refresh_deadline_seconds, self._sleep)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, TokenEndpointError) and e.retryable),
             wait=_Wait(),
-            # the budget counts the waits (deterministic with an injected sleep) and the wall clock
-            stop=tenacity.stop_after_delay(self._budget) | _StopWhenWaitsExceed(self._budget),
-            sleep=self._sleep,
+            stop=_Stop(self.max_attempts, budget),
+            sleep=budget.sleep,
             reraise=True,
             before_sleep=lambda state: log.warning(
                 "account %s: token endpoint failed (%s), retrying in %.1f s",
@@ -103,7 +301,20 @@ class TokenClient:
                 extra={"account": account, "attempt": state.attempt_number},
             ),
         )
-        return retrying(self._send, settings, form, account)
+        try:
+            return retrying(self._send, settings, form, account, budget)
+        except TokenEndpointError as exc:
+            if not exc.retryable or budget.gave_up is None:
+                raise
+            attempts = "1 attempt" if budget.attempts == 1 else f"{budget.attempts} attempts"
+            final = TokenEndpointError(
+                f"{exc} (gave up after {attempts}: {budget.gave_up})",
+                account=account,
+                status=exc.status,
+                retryable=True,
+            )
+            final.retry_after = exc.retry_after
+            raise final from None
 
     def _form(self, settings: RefreshSettings, oauth: dict[str, Any], account: str) -> dict[str, str]:
         form: dict[str, str] = {"grant_type": settings.grant_type}
@@ -129,28 +340,65 @@ class TokenClient:
                 form["client_secret"] = settings.client_secret
         return form
 
-    def _send(self, settings: RefreshSettings, form: dict[str, str], account: str) -> dict[str, Any]:
+    def _deadline(self, budget: _Budget, endpoint: str, account: str) -> _Deadline:
+        left = budget.left()
+        if left <= 0:
+            raise TokenEndpointError(
+                f"the refresh deadline of {budget.seconds:g} s passed before a token request to {endpoint} "
+                f"for account {account}",
+                account=account,
+                retryable=True,
+            )
+        if left < self.request_deadline_seconds:
+            return _Deadline(left, f"the refresh deadline of {budget.seconds:g} s")
+        return _Deadline(
+            self.request_deadline_seconds, f"the per-request deadline of {self.request_deadline_seconds:g} s"
+        )
+
+    def _send(self, settings: RefreshSettings, form: dict[str, str], account: str, budget: _Budget) -> dict[str, Any]:
+        budget.attempts += 1
         endpoint = str(settings.token_uri)
         auth = None
         if settings.client_auth == "basic":
             # sent as they are: RFC 6749 2.3.1 asks for form-urlencoding first, but many token endpoints do not
             # decode, and the ones that do (unquote) read plain secrets unchanged unless they hold a '%'
             auth = (settings.client_id or "", settings.client_secret or "")
-        try:
-            response = self._session.post(
-                endpoint, data=form, auth=auth, timeout=TOKEN_TIMEOUT, headers={"Accept": "application/json"}
-            )
-        except requests.RequestException as exc:
-            raise TokenEndpointError(
-                f"cannot reach the token endpoint {endpoint} for account {account}: {_network_reason(exc)}",
+        with self._deadline(budget, endpoint, account) as deadline:
+            late = TokenEndpointError(
+                f"the token endpoint {endpoint} did not answer within {deadline.what} for account {account}",
                 account=account,
                 retryable=True,
-            ) from None
+            )
+            try:
+                response = self._session.post(
+                    endpoint,
+                    data=form,
+                    auth=auth,
+                    timeout=(deadline.seconds, deadline.seconds),
+                    headers={"Accept": "application/json"},
+                    allow_redirects=False,  # a redirect would re-post the refresh token and the client secret
+                    stream=True,
+                )
+            except requests.RequestException as exc:
+                if deadline.passed():
+                    raise late from None
+                raise TokenEndpointError(
+                    f"cannot reach the token endpoint {endpoint} for account {account}: {_network_reason(exc)}",
+                    account=account,
+                    retryable=True,
+                ) from None
+            try:
+                deadline.attach(response.raw.connection)  # an injected session's connection: its body at least
+                if 300 <= response.status_code < 400:
+                    raise _redirect_error(response, endpoint, account)
+                body = _read_capped(response, deadline, late, endpoint, account)
+            finally:
+                response.close()
         try:
             data = parse_token_response(
                 response.status_code,
                 response.headers.get("Content-Type"),
-                response.content,
+                body,
                 endpoint=endpoint,
                 account=account,
             )
@@ -159,10 +407,65 @@ class TokenClient:
             if hint is not None:
                 exc.retry_after = hint
             raise
-        register_secret(data.get("access_token"))
-        register_secret(data.get("refresh_token"))
-        register_secret(data.get("id_token"))
+        register_token(data.get("access_token"))
+        register_token(data.get("refresh_token"))
+        register_token(data.get("id_token"))
         return data
+
+
+def _read_capped(
+    response: requests.Response, deadline: _Deadline, late: TokenEndpointError, endpoint: str, account: str
+) -> bytes:
+    """The body, up to MAX_RESPONSE_BYTES and within the request's deadline."""
+    too_large = TokenEndpointError(
+        f"the token endpoint {endpoint} answered {response.status_code} with more than the "
+        f"{MAX_RESPONSE_BYTES // 1024 // 1024} MiB cap of a token response for account {account}",
+        account=account,
+        status=response.status_code,
+    )
+    length = response.headers.get("Content-Length", "").strip()
+    if length.isdigit() and int(length) > MAX_RESPONSE_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(_CHUNK):
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise too_large
+            if deadline.passed():
+                raise late
+            chunks.append(chunk)
+    except requests.RequestException as exc:
+        if deadline.passed():
+            raise late from None
+        raise TokenEndpointError(
+            f"the token endpoint {endpoint} broke off its answer for account {account}: {_network_reason(exc)}",
+            account=account,
+            retryable=True,
+        ) from None
+    if deadline.expired:  # the watchdog cut a body that ends with the connection short
+        raise late
+    return b"".join(chunks)
+
+
+def _redirect_error(response: requests.Response, endpoint: str, account: str) -> TokenEndpointError:
+    location = response.headers.get("Location")
+    target = "without a Location"
+    if location:
+        try:
+            parts = urlsplit(location)
+            host = parts.hostname or urlsplit(endpoint).hostname or "?"
+            port = parts.port if parts.hostname else urlsplit(endpoint).port
+        except ValueError:
+            host, port = "an unreadable Location", None
+        target = f"to host {host}" + (f":{port}" if port else "")
+    return TokenEndpointError(
+        f"the token endpoint {endpoint} answered {response.status_code} redirecting {target} for account "
+        f"{account}: token requests never follow redirects (they carry the refresh token and client secret)",
+        account=account,
+        status=response.status_code,
+    )
 
 
 def _network_reason(exc: Exception) -> str:

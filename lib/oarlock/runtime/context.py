@@ -1,4 +1,13 @@
-"""What a function receives as ``ctx``: emit, a redacting logger, cfg, and an authenticated HTTP session."""
+"""What a function receives as ``ctx``: emit, a redacting logger, cfg, and an authenticated HTTP session.
+
+``ctx.http`` is one of two sessions, both from :mod:`oarlock.credentials.auth` and both with its
+rules: the bearer token goes only to the credential's origins (``cfg.baseUrl``,
+``cfg.oauth.instance_url``, ``cfg.oauth2.api_origins``; a cfg naming none sends it nowhere), and a
+request without ``timeout=`` gets the default (10 s connect, 60 s read; ``cfg.oauth2.http_timeout``,
+``OARLOCK_HTTP_CONNECT_TIMEOUT`` / ``OARLOCK_HTTP_READ_TIMEOUT``). With a credential manager and a
+cfg carrying ``oauth`` it is the refreshing session; otherwise it is the static one
+(:func:`_static_session`), which sends ``cfg.oauth.access_token`` unchanged, if there is one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from oarlock.credentials.auth import authorized_session
+from oarlock.credentials.auth import authorized_session, static_session
+from oarlock.credentials.manager import account_of
 from oarlock.protocol.events import EventSink, normalise
 from oarlock.protocol.message import Message
 
@@ -24,7 +34,9 @@ class Context:
     - ``ctx.emit(event, payload)``: emit an event (PROTOCOL.md §5) into the call's sink; unknown names
       raise EmitError. The credential manager emits its updateKeys into the same sink.
     - ``ctx.http``: a ``requests.Session`` whose auth keeps the OAuth2 credential of ``cfg`` alive
-      (proactive refresh, refresh + one resend on 401). Built on first use.
+      (proactive refresh, refresh + one resend on 401) and sends the token only to the credential's
+      origins; requests without ``timeout=`` get the default timeout. Built on first use (a malformed
+      ``oauth2.api_origins`` or ``oauth2.http_timeout`` raises ConfigurationError there).
     - ``ctx.credentials``: the bound credential (``.access_token()`` gives a fresh token) or None.
     - ``ctx.logger``: a logger whose records are redacted before they are written.
     - ``ctx.message``, ``ctx.cfg``, ``ctx.snapshot``: what the call was given.
@@ -83,9 +95,5 @@ class Context:
 
 
 def _static_session(cfg: dict[str, Any]) -> requests.Session:
-    """A session without refresh: sends ``cfg.oauth.access_token`` as a static bearer token if there is one."""
-    session = requests.Session()
-    oauth = cfg.get("oauth")
-    if isinstance(oauth, dict) and isinstance(oauth.get("access_token"), str):
-        session.headers["Authorization"] = f"Bearer {oauth['access_token']}"
-    return session
+    """A session without refresh: ``cfg.oauth.access_token`` as a static bearer token, for the cfg's origins only."""
+    return static_session(cfg, account=account_of(cfg))
