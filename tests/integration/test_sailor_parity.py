@@ -40,7 +40,7 @@ class StubPlatform(ThreadingHTTPServer):
         self.step = step
         self.requests: list[tuple[str, str]] = []
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     @property

@@ -61,6 +61,8 @@ class Rig:
         cfg: dict[str, Any] | None = None,
         *,
         credentials: CredentialManager | None = None,
+        step_from_api: bool = False,
+        accounts_api: Any = None,
         **env: str,
     ) -> None:
         self.settings = settings_for(function, **env)
@@ -74,10 +76,11 @@ class Rig:
         self.worker = Worker(
             self.settings,
             runner,
-            StepConfig(cfg or {}),
+            StepConfig(cfg or {}, from_platform_api=step_from_api),
             self.transport,
             concurrency=4,
             retry_later_seconds=(0.01, 0.05),
+            accounts_api=accounts_api,
         )
 
     def send(self, body: Any, *, message_id: str = "m-1", redelivered: bool = False, **headers: Any) -> None:

@@ -57,6 +57,21 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw.strip().lower() not in ("", "false")
 
 
+UPDATE_KEYS_ROUTES = ("api", "amqp")
+
+
+def _routes(value: str | None) -> frozenset[str] | None:
+    if value is None or not value.strip():
+        return None
+    routes = frozenset(part.strip().lower() for part in value.replace("|", ",").split(",") if part.strip())
+    unknown = sorted(routes - set(UPDATE_KEYS_ROUTES))
+    if unknown or not routes:
+        raise EnvironmentConfigError(
+            f"{PREFIX}UPDATE_KEYS_ROUTES must name api, amqp or both (api,amqp), got {value[:60]!r}"
+        )
+    return routes
+
+
 def camel_case(name: str) -> str:
     """ELASTICIO_SOME_VAR / SOME_VAR -> someVar (sailor's ADDITIONAL_VARS_FOR_HEADERS naming)."""
     parts = name.removeprefix(PREFIX).lower().split("_")
@@ -105,6 +120,8 @@ class Settings:
     grace_seconds: float = 30.0
     message_time_limit: float | None = None  # seconds one input may run before it is an error (oarlock)
     no_self_passthrough: bool = False  # sailor's NO_SELF_PASSTRHOUGH (its spelling): no passthrough[STEP_ID]
+    #: where an updateKeys must go before the input is acked: "api" (sailor's PUT), "amqp"; None: the default
+    update_keys_routes: frozenset[str] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, api_optional: bool = False) -> Settings:
@@ -178,4 +195,14 @@ class Settings:
             grace_seconds=grace,
             message_time_limit=time_limit if time_limit > 0 else None,
             no_self_passthrough=_bool(env, "NO_SELF_PASSTRHOUGH", False),
+            update_keys_routes=_routes(env.get(PREFIX + "UPDATE_KEYS_ROUTES")),
         )
+
+    def routes_for(self, *, cfg_from_api: bool) -> frozenset[str]:
+        """The updateKeys routes: ELASTICIO_UPDATE_KEYS_ROUTES, else api+amqp with UPDATE_KEYS_VIA_API, else
+        where the step cfg came from: the platform API means a sailor platform (the PUT), otherwise AMQP."""
+        if self.update_keys_routes is not None:
+            return self.update_keys_routes
+        if self.update_keys_via_api:
+            return frozenset({"api", "amqp"})
+        return frozenset({"api"}) if cfg_from_api else frozenset({"amqp"})

@@ -20,6 +20,7 @@ class StepConfig:
     is_passthrough: bool = False
     variables: dict[str, Any] = field(default_factory=dict)
     source: str = "api"
+    from_platform_api: bool = False  # fetched with GET /v1/tasks/{flow}/steps/{step}: a sailor platform
 
 
 def step_from_document(data: Any, where: str, *, wrapped: bool) -> StepConfig:

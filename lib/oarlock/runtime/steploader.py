@@ -45,4 +45,6 @@ def load_step_config(settings: Settings, env: Mapping[str, str], cfg_file: str |
         data = response.json()
     except ValueError:
         raise ConfigurationError(f"GET {url} did not answer JSON") from None
-    return step_from_document(data, url, wrapped=True)
+    step = step_from_document(data, url, wrapped=True)
+    step.from_platform_api = True
+    return step

@@ -27,8 +27,10 @@ from typing import Any
 
 from oarlock.amqp.types import Confirm, Incoming, Outgoing, Transport, now_ms
 from oarlock.errors import (
+    ConfigurationError,
     DecodeError,
     EncodeError,
+    KeyStoreError,
     OarlockError,
     PublishError,
     TimeLimitExceeded,
@@ -108,6 +110,7 @@ class Worker:
         burst: bool = False,
         grace_seconds: float | None = None,
         retry_later_seconds: tuple[float, float] = (RETRY_LATER_FIRST_SECONDS, RETRY_LATER_MAX_SECONDS),
+        accounts_api: AccountsApi | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -117,11 +120,14 @@ class Worker:
         self.cipher = MessageCipher(settings.message_crypto_password, settings.message_crypto_iv)
         self.encoder = OutgoingEncoder(settings, self.cipher, is_passthrough=step.is_passthrough)
         self._outgoing_headers = OutgoingHeaders(settings)
-        self._accounts_api = (
-            AccountsApi(settings.api_uri, settings.api_username, settings.api_key)
-            if settings.update_keys_via_api and settings.api_uri
-            else None
-        )
+        self.update_keys_routes = settings.routes_for(cfg_from_api=step.from_platform_api)
+        self._accounts_api: AccountsApi | None = None
+        if "api" in self.update_keys_routes:
+            if not settings.api_uri:
+                raise ConfigurationError(
+                    "updateKeys goes to the platform API (ELASTICIO_UPDATE_KEYS_ROUTES) but ELASTICIO_API_URI is not set"
+                )
+            self._accounts_api = accounts_api or AccountsApi(settings.api_uri, settings.api_username, settings.api_key)
         self.concurrency = max(1, concurrency or settings.concurrency or settings.prefetch)
         self.burst = burst
         self.grace = settings.grace_seconds if grace_seconds is None else grace_seconds
@@ -415,6 +421,9 @@ class Worker:
                     self.snapshot = dict(event.payload)
                 else:
                     self.snapshot.update(event.payload)
+        elif event.name is EventName.UPDATE_KEYS:
+            self._update_keys(job, event)
+            return
         try:
             encoded = self.encoder.encode(job.view, event)
         except EncodeError as exc:
@@ -423,16 +432,46 @@ class Worker:
             job.errored = True
         for message in encoded.messages:
             self._send(job, message)
-        if (
-            event.name is EventName.UPDATE_KEYS
-            and not encoded.is_error
-            and self._accounts_api is not None
-            and event.payload.get("persist") is not False
-        ):
-            self._accounts_api.put_keys(event.payload)
+
+    def _update_keys(self, job: _Job, event: Event) -> None:
+        """Every route the deployment has must take the update before the input is acked.
+
+        AMQP: published and confirmed like any output (unroutable -> error and reject). The platform
+        API: ``PUT /v1/accounts/{cfg._account}`` now, on this thread, with sailor's retries; a PUT
+        that fails is an error event of the input (so it is rejected, never acked).
+        """
+        payload: dict[str, Any] = event.payload
+        if payload.get("persist") is False:
+            return  # an immutable credential: refreshed in memory only
+        if "amqp" in self.update_keys_routes:
+            try:
+                for message in self.encoder.encode(job.view, event).messages:
+                    self._send(job, message)
+            except EncodeError as exc:
+                self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
+        if self._accounts_api is not None:
+            account = self.cfg.get("_account")
+            try:
+                if not isinstance(account, str) or not account:
+                    raise KeyStoreError(
+                        "a refreshed credential cannot be stored on the platform: the step cfg has no _account "
+                        "(PUT /v1/accounts/{cfg._account})"
+                    )
+                self._accounts_api.put_keys(account, platform_keys(payload))
+            except KeyStoreError as exc:
+                log.error("%s", exc, extra={"messageId": job.message_id, "account": account})
+                self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
 
     def _send(self, job: _Job, message: Outgoing) -> None:
         job.confirms.append(self.transport.publish(message))
+
+
+def platform_keys(payload: dict[str, Any]) -> dict[str, Any]:
+    """What the platform stores under ``keys``: oarlock's own refresh sends its merged token set as ``oauth``;
+    an updateKeys a component emitted sailor's way is sent as it was emitted (sailor's body)."""
+    if "version" in payload and "account" in payload and isinstance(payload.get("oauth"), dict):
+        return {"oauth": payload["oauth"]}
+    return {key: value for key, value in payload.items() if key not in ("account", "version", "response", "persist")}
 
 
 def _first_failure(confirms: list[Confirm]) -> BaseException | None:
