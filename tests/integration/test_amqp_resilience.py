@@ -8,7 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,71 @@ def wait_for(predicate: Any, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.05)
+
+
+def unsettled(queue: str) -> tuple[int, int] | None:
+    """(ready, unacknowledged) messages of a queue as the broker counts them (None if it has no such queue)."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    for line in listed.splitlines():
+        name, ready, unacked = line.split("\t")
+        if name == queue:
+            return int(ready), int(unacked)
+    return None
+
+
+def consumers(broker: BrokerSandbox) -> int:
+    return int(broker.channel.queue_declare(broker.input_queue, passive=True).method.consumer_count)
+
+
+class HeldApi:
+    """A real local HTTP API for the ``api`` function: every ``GET /api/me`` waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.arrived = threading.Condition()
+        self.calls = 0
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with api.arrived:
+                    api.calls += 1
+                    api.arrived.notify_all()
+                api.released.wait(60)
+                body = json.dumps({"subject": "held"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def wait_for_calls(self, count: int, timeout: float) -> None:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: self.calls >= count, timeout), f"{self.calls} of {count} calls arrived"
+
+    @contextmanager
+    def serving(self) -> Iterator[HeldApi]:
+        thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.released.set()
+            self.server.shutdown()
+            self.server.server_close()
 
 
 def outputs(broker: BrokerSandbox, expected: int) -> collections.Counter[int]:
@@ -184,13 +253,17 @@ def test_a_server_side_connection_close_mid_stream_is_survived_and_nothing_is_lo
 
 def test_sigterm_lets_in_flight_messages_finish_and_exits_0(broker: BrokerSandbox, tmp_path: Path) -> None:
     for n in range(6):
-        broker.publish_input({"body": {"n": n, "sleep": 1.5}})
+        broker.publish_input({"body": {"n": n}})
     env = {"ELASTICIO_RABBITMQ_PREFETCH_SAILOR": "6"}
-    worker = start_worker(broker, "slow", write_cfg(tmp_path, {}), "--concurrency", "6", env=env)
-    wait_for(lambda: broker.count("in") == 0, timeout=30)  # all six delivered and in flight
-    time.sleep(0.3)
-    worker.signal(signal.SIGTERM)
-    code, stderr = worker.wait(60)
+    with HeldApi().serving() as api:
+        worker = start_worker(broker, "api", write_cfg(tmp_path, {"baseUrl": api.url}), "--concurrency", "6", env=env)
+        api.wait_for_calls(6, timeout=60)  # all six delivered and in flight: each waits in the function for its answer
+        consuming = consumers(broker)
+        worker.signal(signal.SIGTERM)
+        wait_for(lambda: consumers(broker) < consuming, timeout=30)  # the worker is stopping: it cancelled its consumer
+        assert worker.process.poll() is None and broker.count("data") == 0, "nothing finished before the SIGTERM"
+        api.released.set()
+        code, stderr = worker.wait(60)
     assert code == 0, stderr[-3000:]
     assert broker.count("data") == 6, "every in-flight message finished before the exit"
     assert "6 of at most 6 function threads were needed" in stderr  # six waiting calls, six threads

@@ -137,3 +137,22 @@ def test_oarlock_run_with_the_hot_path_off_processes_and_publishes_the_same_way(
     assert sorted(d.decrypted()["body"]["echo"]["n"] for d in data) == list(range(20))
     assert {d.headers["threadId"] for d in data} == {f"trace-{n}" for n in range(20)}
     assert broker.count("in") == 0 and broker.count("error") == 0
+
+
+def test_consuming_registers_exactly_one_consumer_however_the_two_channels_open(broker: BrokerSandbox) -> None:
+    for attempt in range(12):  # the channels open in either order: each start must give one consumer
+        made = AmqpTransport(broker.amqp_uri, name=f"oarlock-one-consumer-{broker.id}-{attempt}")
+        made.start(timeout=10)
+        try:
+            made.consume(broker.input_queue, 5, Inbox())
+            wait_for(
+                lambda: broker.channel.queue_declare(broker.input_queue, passive=True).method.consumer_count > 0, 10
+            )
+            made.message_count(broker.input_queue).result(5)  # a round trip after both channels' callbacks
+            assert broker.channel.queue_declare(broker.input_queue, passive=True).method.consumer_count == 1
+            made.stop_consuming().result(5)
+            wait_for(
+                lambda: broker.channel.queue_declare(broker.input_queue, passive=True).method.consumer_count == 0, 10
+            )
+        finally:
+            made.close()

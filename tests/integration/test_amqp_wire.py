@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 
 from oarlock.amqp.connection import CoalescingConnection
 from oarlock.testing import BrokerSandbox
-from tests.integration.test_amqp_resilience import start_worker, wait_for, write_cfg
+from tests.integration.test_amqp_resilience import start_worker, unsettled, wait_for, write_cfg
 
 
 # -- coalesced writes --------------------------------------------------------------------------------
@@ -66,7 +65,8 @@ def test_a_slow_first_message_is_not_acked_by_the_acks_of_the_later_ones(broker:
     env = {"ELASTICIO_RABBITMQ_PREFETCH_SAILOR": "50"}
     worker = start_worker(broker, "slow", write_cfg(tmp_path, {}), "--concurrency", "4", env=env)
     wait_for(lambda: broker.count("data") >= 40, timeout=60)
-    time.sleep(0.3)  # the acks of the 40 leave
+    wait_for(lambda: (unsettled(broker.input_queue) or (0, 0))[1] <= 1, timeout=30)  # the acks of the 40 arrived
+    assert unsettled(broker.input_queue) == (0, 1), "the slow one is still delivered and unacknowledged"
     worker.signal(signal.SIGKILL)
     worker.wait(10)
     wait_for(lambda: broker.count("in") == 1, timeout=20)  # the slow one comes back, nothing else

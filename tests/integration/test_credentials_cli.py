@@ -1,21 +1,38 @@
-"""Issue 3, shown through `oarlock call` as a user runs it: a real dev provider, the reference component."""
+"""Issue 3, shown through `oarlock call` as a user runs it: a real dev provider, the reference component.
+
+Nothing here waits for a token to expire. The provider runs on a ManualClock: advancing it by
+the ttl expires its tokens at once. `oarlock call` runs on the real clock, so a run that must
+refresh before its first request gets a cfg whose ``oauth.expires_at`` is already past; a run
+that starts from a stored, still unexpired credential learns of the expiry from the API's 401.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from oarlock.devprovider import DevProvider
+from oarlock.devprovider import DevProvider, ManualClock
 from tests.support import REPO, event_lines, jsonl, provider_cfg, run_cli
 
 ME = {"body": {"method": "GET", "path": "/api/me"}}
+TTL = 60.0  # on the provider's manual clock: tokens expire only when a test moves it
+STARTS_FROM_STORED = "starting from the stored credential"
+
+
+def let_expire(clock: ManualClock, cfg: dict[str, Any] | None = None) -> None:
+    """The access token expires now: at the provider (its clock moves on by the ttl) and, when a cfg is given,
+    for the `oarlock call` it is handed to (its ``expires_at`` is in the past, so the run refreshes first)."""
+    clock.advance(TTL)
+    if cfg is not None:
+        cfg["oauth"]["expires_at"] = time.time() - 1
 
 
 def run_request(
     tmp_path: Path, cfg: dict[str, Any], messages: list[dict[str, Any]], *extra: str, keys: str | None = None
-):  # type: ignore[no-untyped-def]
+) -> subprocess.CompletedProcess[str]:
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(cfg))
     keys_args = ["--keys", keys] if keys else ["--keys", str(tmp_path / "keys.sqlite")]
@@ -67,11 +84,12 @@ def test_on_401_mode_pays_one_token_call_per_expiry_not_one_per_concurrent_messa
 
 def test_a_salesforce_like_credential_without_expires_in_works_and_keeps_instance_url(tmp_path: Path) -> None:
     keys = str(tmp_path / "keys.sqlite")
-    with DevProvider(ttl=1, expires_in=False, rotation="none") as provider:
+    clock = ManualClock()
+    with DevProvider(ttl=TTL, expires_in=False, rotation="none", clock=clock) as provider:
         cfg = provider_cfg(provider, provider="salesforce")
         assert "expires_in" not in cfg["oauth"] and "instance_url" in cfg["oauth"]
         first = run_request(tmp_path, cfg, [ME], keys=keys)
-        time.sleep(1.3)
+        let_expire(clock)  # without expires_in the client cannot know: the API's 401 tells it
         second = run_request(tmp_path, cfg, [ME, ME], keys=keys)
         stats = provider.stats()
     assert first.returncode == 0 and second.returncode == 0, second.stderr[-2000:]
@@ -83,24 +101,29 @@ def test_a_salesforce_like_credential_without_expires_in_works_and_keeps_instanc
 
 def test_a_google_like_refresh_without_refresh_token_keeps_and_reuses_the_original(tmp_path: Path) -> None:
     keys = str(tmp_path / "keys.sqlite")
-    with DevProvider(ttl=1, omit_refresh_token=True) as provider:
+    clock = ManualClock()
+    with DevProvider(ttl=TTL, omit_refresh_token=True, clock=clock) as provider:
         cfg = provider_cfg(provider, provider="google")
         original = cfg["oauth"]["refresh_token"]
-        for _ in range(2):
-            time.sleep(1.1)
-            done = run_request(tmp_path, cfg, [ME], keys=keys)
-            assert done.returncode == 0, done.stderr[-2000:]
+        let_expire(clock, cfg)  # the first run refreshes before its request
+        first = run_request(tmp_path, cfg, [ME], keys=keys)
+        assert first.returncode == 0, first.stderr[-2000:]
+        let_expire(clock)  # the stored token expires: the second run refreshes it with the stored refresh token
+        second = run_request(tmp_path, cfg, [ME], keys=keys)
+        assert second.returncode == 0, second.stderr[-2000:]
         stats = provider.stats()
-    assert stats["refresh_calls"] == 2 and stats["invalid_grant"] == 0
+    assert STARTS_FROM_STORED in second.stderr
+    assert stats["refresh_calls"] == 2 and stats["invalid_grant"] == 0 and stats["unauthorized"] == 1
     shown = run_cli(["keys", "show", "acct-1", "--keys", keys, "--reveal"])
     assert json.loads(shown.stdout)["oauth"]["refresh_token"] == original
 
 
 def test_three_503s_then_success_still_delivers_the_message(tmp_path: Path) -> None:
-    with DevProvider(ttl=1) as provider:
+    clock = ManualClock()
+    with DevProvider(ttl=TTL, clock=clock) as provider:
         cfg = provider_cfg(provider)
         provider.configure(fail_first=3)
-        time.sleep(1.1)
+        let_expire(clock, cfg)
         done = run_request(tmp_path, cfg, [ME])
         stats = provider.stats()
     assert done.returncode == 0, done.stderr[-2000:]
@@ -109,24 +132,25 @@ def test_three_503s_then_success_still_delivers_the_message(tmp_path: Path) -> N
 
 
 def test_a_429_with_retry_after_is_waited_out_and_the_message_succeeds(tmp_path: Path) -> None:
-    with DevProvider(ttl=1, retry_after=2) as provider:
+    clock = ManualClock()
+    with DevProvider(ttl=TTL, retry_after=2, clock=clock) as provider:
         cfg = provider_cfg(provider)
         provider.configure(throttle_first=1)
-        time.sleep(1.1)
-        started = time.monotonic()
+        let_expire(clock, cfg)
         done = run_request(tmp_path, cfg, [ME])
-        waited = time.monotonic() - started
         stats = provider.stats()
     assert done.returncode == 0, done.stderr[-2000:]
-    assert stats["throttled"] == 1
-    assert waited >= 2.0, "Retry-After: 2 must be honoured before the second token request"
+    assert stats["throttled"] == 1 and stats["refresh_calls"] == 2
+    # the first backoff wait is below 1 s: a 2.0 s wait is the Retry-After, honoured before the second token request
+    assert "answered 429 for account acct-1), retrying in 2.0 s" in done.stderr, done.stderr[-2000:]
 
 
 def test_a_revoked_credential_gives_one_reauthorization_error_per_message_and_few_token_calls(tmp_path: Path) -> None:
-    with DevProvider(ttl=1) as provider:
+    clock = ManualClock()
+    with DevProvider(ttl=TTL, clock=clock) as provider:
         cfg = provider_cfg(provider, account="acct-revoked")
         provider.revoke()
-        time.sleep(1.1)
+        let_expire(clock, cfg)
         done = run_request(tmp_path, cfg, [ME] * 20, "--concurrency", "4")
         stats = provider.stats()
     assert done.returncode == 1
@@ -141,29 +165,34 @@ def test_a_revoked_credential_gives_one_reauthorization_error_per_message_and_fe
 
 def test_a_second_run_starts_from_the_stored_rotated_token_not_the_stale_cfg_file(tmp_path: Path) -> None:
     keys = str(tmp_path / "keys.sqlite")
-    with DevProvider(ttl=1, rotation="single-use") as provider:
+    clock = ManualClock()
+    with DevProvider(ttl=TTL, rotation="single-use", clock=clock) as provider:
         cfg = provider_cfg(provider)
-        for _ in range(3):
-            time.sleep(1.1)
+        let_expire(clock, cfg)  # the first run refreshes before its request; the cfg file then holds a burnt token
+        for run in range(3):
+            if run:
+                let_expire(clock)  # the stored token expires (a 401 says so): it is refreshed with the stored one
             done = run_request(tmp_path, cfg, [ME], keys=keys)
             assert done.returncode == 0, done.stderr[-2000:]
             assert [line["event"] for line in event_lines(done.stdout)] == ["updateKeys", "data"]
+            assert (STARTS_FROM_STORED in done.stderr) == (run > 0)
         stats = provider.stats()
-    assert stats["invalid_grant"] == 0 and stats["refresh_calls"] == 3
+    assert stats["invalid_grant"] == 0 and stats["refresh_calls"] == 3 and stats["unauthorized"] == 2
     listed = run_cli(["keys", "list", "--keys", keys])
     assert "acct-1" in listed.stdout
 
 
 def test_no_planted_secret_reaches_stdout_or_stderr_on_any_error_path(tmp_path: Path) -> None:
-    with DevProvider(ttl=1, rotation="single-use", client_secret="planted-client-secret-77") as provider:
+    clock = ManualClock()
+    with DevProvider(ttl=TTL, rotation="single-use", client_secret="planted-client-secret-77", clock=clock) as provider:
         cfg = provider_cfg(provider, client_secret="planted-client-secret-77")
         secrets = [cfg["oauth"]["access_token"], cfg["oauth"]["refresh_token"], "planted-client-secret-77"]
         outputs = []
-        time.sleep(1.1)
+        let_expire(clock, cfg)
         provider.configure(fail_first=1)
         outputs.append(run_request(tmp_path, cfg, [ME, {"body": {"path": "/nope"}}], "--log-level", "debug"))
         provider.revoke()
-        time.sleep(1.1)
+        let_expire(clock)  # the cfg still says expired: the next runs refresh with its used, revoked refresh token
         outputs.append(run_request(tmp_path, cfg, [ME], "--log-level", "debug", "--no-keys"))
         bad = {**cfg, "oauth2": {**cfg["oauth2"], "client_secret": "wrong-planted-secret-88"}}
         outputs.append(run_request(tmp_path, bad, [ME], "--log-level", "debug", "--no-keys"))
@@ -182,7 +211,6 @@ def test_no_planted_secret_reaches_stdout_or_stderr_on_any_error_path(tmp_path: 
 def test_two_concurrent_oarlock_call_processes_sharing_a_keys_store_never_burn_a_single_use_token(
     tmp_path: Path,
 ) -> None:
-    import subprocess
     import sys
 
     keys = str(tmp_path / "keys.sqlite")

@@ -14,7 +14,7 @@ import requests
 
 from oarlock.credentials.auth import authorized_session, oauth2_flow
 from oarlock.credentials.manager import CredentialManager
-from oarlock.devprovider import DevProvider
+from oarlock.devprovider import DevProvider, ManualClock
 from oarlock.errors import CredentialNeedsReauthorization, TokenEndpointError, TokenRejected
 from oarlock.keys.sqlite import SqliteKeyStore
 from oarlock.protocol.events import Event, EventList, EventName
@@ -36,7 +36,7 @@ def session_for(manager: CredentialManager, cfg: dict[str, Any], updates: list[d
     return authorized_session(manager, manager.newest_cfg(cfg), sink=UpdateList(updates))
 
 
-def hammer(threads: int, calls: int, fn: Callable[[], None]) -> list[BaseException]:
+def hammer(threads: int, calls: int, fn: Callable[[], object]) -> list[BaseException]:
     errors: list[BaseException] = []
     barrier = threading.Barrier(threads)
 
@@ -60,7 +60,8 @@ def test_64_threads_finding_one_expired_credential_make_exactly_one_token_reques
     with DevProvider(rotation="single-use", token_latency_ms=100) as provider:
         cfg = provider_cfg(provider)
         cfg["oauth"]["expires_at"] = 0
-        manager, updates = CredentialManager(), []
+        manager = CredentialManager()
+        updates: list[dict[str, Any]] = []
 
         def call() -> None:
             answer = session_for(manager, cfg, updates).get(f"{provider.url}/api/me")
@@ -74,10 +75,12 @@ def test_64_threads_finding_one_expired_credential_make_exactly_one_token_reques
 
 
 def test_on_401_threads_that_got_401_with_the_old_token_do_not_refresh_again() -> None:
-    with DevProvider(ttl=1, rotation="single-use", latency_ms=50) as provider:
+    clock = ManualClock()
+    with DevProvider(ttl=60, rotation="single-use", latency_ms=50, clock=clock) as provider:
         cfg = provider_cfg(provider, refresh="on_401")
-        manager, updates = CredentialManager(), []
-        time.sleep(1.05)  # the token has expired; on_401 does not look at expires_at
+        manager = CredentialManager(clock=clock)
+        updates: list[dict[str, Any]] = []
+        clock.advance(60)  # the token has expired on both sides; on_401 does not look at expires_at
 
         def call() -> None:
             assert session_for(manager, cfg, updates).get(f"{provider.url}/api/me").status_code == 200
@@ -92,7 +95,8 @@ def test_on_401_threads_that_got_401_with_the_old_token_do_not_refresh_again() -
 def test_always_mode_refreshes_before_every_request_but_coalesces_concurrent_ones() -> None:
     with DevProvider(rotation="rotate", token_latency_ms=50) as provider:
         cfg = provider_cfg(provider, refresh="always")
-        manager, updates = CredentialManager(), []
+        manager = CredentialManager()
+        updates: list[dict[str, Any]] = []
         session = session_for(manager, cfg, updates)
         for _ in range(3):
             assert session.get(f"{provider.url}/api/me").status_code == 200
@@ -186,7 +190,8 @@ def test_salesforce_like_credentials_refresh_on_401_and_keep_alive_once_a_day() 
     now = [time.time()]
     with DevProvider(expires_in=False) as provider:
         cfg = provider_cfg(provider, provider="salesforce")
-        manager, updates = CredentialManager(clock=lambda: now[0]), []
+        manager = CredentialManager(clock=lambda: now[0])
+        updates: list[dict[str, Any]] = []
         assert session_for(manager, cfg, updates).get(f"{provider.url}/api/me").status_code == 200
         assert updates == []
         now[0] += 86_401
@@ -222,41 +227,44 @@ def test_a_custom_refresh_hook_replaces_the_token_request_and_its_fields_are_mer
 def test_an_immutable_credential_is_refreshed_in_memory_and_the_runtime_says_so_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with DevProvider(ttl=1) as provider, caplog.at_level(logging.INFO):
+    clock = ManualClock()
+    with DevProvider(ttl=60, clock=clock) as provider, caplog.at_level(logging.INFO):
         cfg = provider_cfg(provider, persist=False)
         cfg["oauth"]["expires_at"] = 0
-        manager, updates = CredentialManager(), []
+        manager = CredentialManager(clock=clock)
+        updates: list[dict[str, Any]] = []
         for _ in range(2):
             assert session_for(manager, cfg, updates).get(f"{provider.url}/api/me").status_code == 200
-            time.sleep(1.05)
-    assert updates and all(u["persist"] is False for u in updates)
+            clock.advance(60)  # the refreshed token expires for the provider and the manager alike
+    assert len(updates) == 2 and all(u["persist"] is False for u in updates)
     assert caplog.text.count("is immutable (persist: false)") == 1
 
 
 def test_two_managers_sharing_a_keys_store_never_burn_a_single_use_refresh_token(tmp_path: Path) -> None:
     store = SqliteKeyStore(tmp_path / "keys.sqlite")
-    with DevProvider(ttl=1, rotation="single-use", latency_ms=20) as provider:
+    clock, expiries = ManualClock(), 4
+    with DevProvider(ttl=60, rotation="single-use", latency_ms=20, clock=clock) as provider:
         cfg = provider_cfg(provider)
-        workers = [CredentialManager(coordinator=store), CredentialManager(coordinator=store)]
-        deadline = time.monotonic() + 3.5
+        workers = [CredentialManager(coordinator=store, clock=clock), CredentialManager(coordinator=store, clock=clock)]
 
         def call(manager: CredentialManager) -> Callable[[], None]:
             def run() -> None:
-                while time.monotonic() < deadline:
-                    answer = session_for(manager, cfg, []).get(f"{provider.url}/api/me")
-                    assert answer.status_code == 200, answer.text
+                answer = session_for(manager, cfg, []).get(f"{provider.url}/api/me")
+                assert answer.status_code == 200, answer.text
 
             return run
 
         errors: list[BaseException] = []
-        threads = [threading.Thread(target=lambda m=m: errors.extend(hammer(4, 1, call(m)))) for m in workers]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        for _ in range(expiries):
+            clock.advance(60)  # the token expires for the whole fleet; then 2 x 4 threads find it expired at once
+            threads = [threading.Thread(target=lambda m=m: errors.extend(hammer(4, 3, call(m)))) for m in workers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         stats = provider.stats()
     assert errors == [] and stats["invalid_grant"] == 0
-    assert 3 <= stats["refresh_calls"] <= 10, "one refresh per expiry for the whole fleet, not one per worker"
+    assert stats["refresh_calls"] == expiries, "one refresh per expiry for the whole fleet, not one per worker"
 
 
 class _Response(requests.Response):

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from oarlock.devprovider import DevProvider
+from oarlock.devprovider import DevProvider, ManualClock
 
 CLIENT = {"client_id": "oarlock-dev", "client_secret": "oarlock-dev-secret"}
 
@@ -103,10 +103,13 @@ def test_rotate_issues_a_new_refresh_token_and_keeps_the_old_one_valid() -> None
 
 
 def test_an_expired_access_token_gets_401_with_a_bearer_challenge() -> None:
-    with DevProvider(ttl=0.3) as provider:
+    clock = ManualClock()
+    with DevProvider(ttl=60, clock=clock) as provider:
         token = provider.mint()
         assert me(provider, token["access_token"]).status_code == 200
-        time.sleep(0.35)
+        clock.advance(59.5)
+        assert me(provider, token["access_token"]).status_code == 200, "still valid just before its expiry"
+        clock.advance(0.5)
         answer = me(provider, token["access_token"])
     assert answer.status_code == 401 and answer.json() == {
         "error": "invalid_token",
@@ -143,17 +146,56 @@ def test_the_mint_endpoint_issues_live_tokens_like_the_python_api(dev_provider: 
 
 
 def test_salesforce_mode_sends_no_expires_in_but_its_tokens_still_expire() -> None:
-    with DevProvider(expires_in=False, ttl=0.3) as provider:
+    clock = ManualClock()
+    with DevProvider(expires_in=False, ttl=60, clock=clock) as provider:
         token = provider.mint()
         refreshed = refresh(provider, token["refresh_token"]).json()
         assert me(provider, token["access_token"]).status_code == 200
-        time.sleep(0.35)
+        clock.advance(60)
         expired = me(provider, token["access_token"])
     for answer in (token, refreshed):
         assert "expires_in" not in answer and answer["instance_url"] == provider.url
         assert answer["issued_at"].isdigit() and abs(int(answer["issued_at"]) / 1000 - time.time()) < 60
         assert answer["id"].startswith(provider.url) and answer["signature"]
     assert expired.status_code == 401 and expired.json()["error_description"] == "access token expired"
+
+
+def test_the_injected_clock_decides_expiry_issued_at_mint_and_the_cfg_expires_at() -> None:
+    clock = ManualClock(1_800_000_000.0)
+    with DevProvider(ttl=120, clock=clock) as provider:
+        cfg = provider.cfg()
+        minted = requests.post(f"{provider.url}/__mint", json={"subject": "dave"}, timeout=10).json()
+        assert minted["expires_in"] == 120 and cfg["oauth"]["expires_at"] == 1_800_000_120.0
+        clock.advance(119)
+        assert me(provider, minted["access_token"]).status_code == 200
+        assert me(provider, cfg["oauth"]["access_token"]).status_code == 200
+        clock.advance(1)
+        assert me(provider, minted["access_token"]).json()["error_description"] == "access token expired"
+        assert me(provider, cfg["oauth"]["access_token"]).status_code == 401
+        fresh = refresh(provider, minted["refresh_token"]).json()
+        assert me(provider, fresh["access_token"]).status_code == 200, "a refresh issues a token valid from now"
+        headers = {"Authorization": f"Bearer {fresh['access_token']}"}
+        created = requests.post(f"{provider.url}/api/items", json={"name": "n"}, headers=headers, timeout=10).json()
+        assert created["created"] == 1_800_000_120
+    with DevProvider(expires_in=False, clock=clock) as salesforce:
+        assert salesforce.mint()["issued_at"] == str(1_800_000_120 * 1000)
+
+
+def test_a_manual_clock_starts_now_moves_only_forward_and_is_thread_safe() -> None:
+    before = time.time()
+    clock = ManualClock()
+    assert before <= clock() <= time.time()
+    assert ManualClock(5)() == 5.0 and ManualClock(5).advance(2.5) == 7.5
+    for wrong in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="only moves forward"):
+            clock.advance(wrong)
+    start = clock()
+    threads = [threading.Thread(target=lambda: [clock.advance(0.5) for _ in range(1000)]) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert clock() == start + 8 * 1000 * 0.5
 
 
 def test_google_mode_omits_the_refresh_token_and_the_old_one_stays_valid() -> None:

@@ -83,6 +83,7 @@ class AmqpTransport:
         self._consume_channel: pika.channel.Channel | None = None
         self._publish_channel: pika.channel.Channel | None = None
         self._consumer_tag: str | None = None
+        self._consuming_generation = 0  # the connection generation the consumer was registered on
         self._acks = AckWindow()
         self._ack_flush_scheduled = False
         self._queue: str | None = None
@@ -289,6 +290,9 @@ class AmqpTransport:
         channel = self._consume_channel
         if channel is None or self._queue is None:
             return
+        if self._consuming_generation == self.generation:
+            return  # both channels' readiness lead here: one consumer per connection, never two
+        self._consuming_generation = self.generation
         channel.basic_qos(prefetch_count=self._prefetch)
         generation = self.generation
         self._consumer_tag = channel.basic_consume(
@@ -326,6 +330,7 @@ class AmqpTransport:
 
         def stop() -> None:
             self._consuming_wanted = False
+            self._consuming_generation = 0
             channel, tag = self._consume_channel, self._consumer_tag
             if channel is not None and channel.is_open and tag:
                 channel.basic_cancel(tag, callback=lambda _f: done.set_result(None))

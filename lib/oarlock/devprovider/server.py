@@ -1,4 +1,13 @@
-"""The dev provider's HTTP surface: an OAuth2 token endpoint and a small protected REST API."""
+"""The dev provider's HTTP surface: an OAuth2 token endpoint and a small protected REST API.
+
+``DevProvider(clock=...)`` takes the clock its tokens live by: a callable returning epoch
+seconds (default ``time.time``). Access-token expiry, ``expires_in``/``issued_at``,
+``/__mint``, ``mint()`` and the ``expires_at`` written by ``cfg()`` all read it, so a test
+holding a :class:`~oarlock.devprovider.state.ManualClock` expires tokens with
+``clock.advance(ttl)`` instead of sleeping. Simulated latency (``latency_ms``,
+``token_latency_ms``) and the rate limit keep to real time. ``oarlock dev-provider`` always
+runs on the real clock.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from oarlock.devprovider.state import AccessToken, ProviderState, Rotation, Settings, TokenError
+from oarlock.devprovider.state import AccessToken, Clock, ProviderState, Rotation, Settings, TokenError
 
 MAINTENANCE_PAGE = b"<html><body><h1>503 Service Unavailable</h1><p>try again later</p></body></html>"
 
@@ -262,7 +271,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class DevProvider:
-    """A real local OAuth2 authorization server plus a protected API, on 127.0.0.1."""
+    """A real local OAuth2 authorization server plus a protected API, on 127.0.0.1.
+
+    ``clock`` (epoch seconds, default ``time.time``) decides when tokens expire; pass a
+    :class:`~oarlock.devprovider.state.ManualClock` to move time by hand.
+    """
 
     def __init__(
         self,
@@ -284,6 +297,7 @@ class DevProvider:
         client_secret: str = "oarlock-dev-secret",
         extra_fields: dict[str, Any] | None = None,
         log_requests: bool = False,
+        clock: Clock = time.time,
     ) -> None:
         if rotation not in ("none", "rotate", "single-use"):
             raise ValueError(f"rotation must be none, rotate or single-use, not {rotation!r}")
@@ -303,7 +317,8 @@ class DevProvider:
             client_secret=client_secret,
             extra_fields=dict(extra_fields or {}),
         )
-        self.state = ProviderState(self.settings)
+        self.clock = clock
+        self.state = ProviderState(self.settings, clock=clock)
         self._host, self._port, self._log_requests = host, port, log_requests
         self._server: _Server | None = None
         self._address: str | None = None
@@ -359,11 +374,14 @@ class DevProvider:
         return self.state.mint(subject, scope)
 
     def cfg(self, *, account: str = "acct-1", subject: str = "user-1", **oauth2: Any) -> dict[str, Any]:
-        """A ready oarlock cfg for this provider: a freshly minted credential and how to refresh it."""
+        """A ready oarlock cfg for this provider: a freshly minted credential and how to refresh it.
+
+        ``oauth.expires_at`` is on the provider's clock (the real time unless a clock was injected).
+        """
         token = self.mint(subject)
         oauth = dict(token)
         if "expires_in" in token:
-            oauth["expires_at"] = time.time() + float(token["expires_in"])
+            oauth["expires_at"] = self.clock() + float(token["expires_in"])
         return {
             "_account": account,
             "baseUrl": self.url,

@@ -1,4 +1,19 @@
-"""The dev provider's state: clients, tokens, items and counters (no HTTP here)."""
+"""The dev provider's state: clients, tokens, items and counters (no HTTP here).
+
+Every decision about time that makes a token valid or not (an access token's expiry, the
+``expires_in`` and ``issued_at`` sent, what ``/__mint`` issues) is taken on the provider's
+*clock*: a callable returning epoch seconds, ``time.time`` unless one is injected. Tests
+inject a :class:`ManualClock` to expire tokens without waiting::
+
+    clock = ManualClock()
+    with DevProvider(ttl=60, clock=clock) as provider:
+        token = provider.mint()
+        clock.advance(60)  # the access token is expired now: /api answers 401
+
+Share the same clock with a ``CredentialManager(clock=clock)`` when the client side must
+agree about expiry. Latency simulation and the rate limit stay on real time: they must
+actually wait.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +21,40 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Rotation = Literal["none", "rotate", "single-use"]
+#: epoch seconds now, as the provider sees it
+Clock = Callable[[], float]
+
+
+class ManualClock:
+    """A clock in epoch seconds that moves only when told to (thread-safe).
+
+    It starts at ``start`` (the real time when omitted, so issued tokens look plausible) and
+    stands still until :meth:`advance` moves it forward.
+    """
+
+    def __init__(self, start: float | None = None) -> None:
+        self._now = time.time() if start is None else float(start)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock ``seconds`` forward; returns the new time."""
+        if not seconds >= 0:
+            raise ValueError(f"a clock only moves forward, not by {seconds!r} s")
+        with self._lock:
+            self._now += seconds
+            return self._now
+
+    def __repr__(self) -> str:
+        return f"ManualClock({self():.3f})"
 
 
 @dataclass
@@ -56,10 +101,11 @@ class TokenError(Exception):
 
 
 class ProviderState:
-    """Everything the provider knows, behind one lock."""
+    """Everything the provider knows, behind one lock; token expiry is decided on ``clock``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = time.time) -> None:
         self.settings = settings
+        self.clock = clock
         self.lock = threading.Lock()
         self.access: dict[str, AccessToken] = {}
         self.refresh: dict[str, RefreshToken] = {}
@@ -124,7 +170,7 @@ class ProviderState:
     def _take_from_bucket(self, rate: float) -> float:
         """0 when a request may pass now, else the seconds until it may; lock must be held."""
         capacity = max(1.0, rate)
-        now = time.monotonic()
+        now = time.monotonic()  # real time, not the clock: a throttled client really waits
         if self.bucket is None:
             self.bucket = capacity
         else:
@@ -149,7 +195,7 @@ class ProviderState:
         """Create an access token (and a refresh token if asked); lock must be held."""
         settings = self.settings
         access = "at-" + secrets.token_urlsafe(24)
-        now = time.time()
+        now = self.clock()
         self.access[access] = AccessToken(subject, scope, now + settings.ttl)
         response: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "scope": scope}
         if new_refresh:
@@ -247,7 +293,7 @@ class ProviderState:
             if record is None:
                 self.stats["unauthorized"] += 1
                 return "unknown access token"
-            if record.expires_at <= time.time():
+            if record.expires_at <= self.clock():
                 self.stats["unauthorized"] += 1
                 return "access token expired"
             return record
@@ -258,6 +304,6 @@ class ProviderState:
 
     def add_item(self, data: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
-            item = {**data, "id": self.items[-1]["id"] + 1 if self.items else 1, "created": int(time.time())}
+            item = {**data, "id": self.items[-1]["id"] + 1 if self.items else 1, "created": int(self.clock())}
             self.items.append(item)
             return dict(item)

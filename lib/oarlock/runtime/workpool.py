@@ -15,7 +15,9 @@ sleep, waiting items queue), and while items queue a check every ``interval`` mo
   and kept if items finish nearly as fast (fewer threads doing the same work is better).
 
 Without a ``schedule`` function (no event loop to run the checks) every item gets a thread,
-up to ``size``.
+up to ``size``. The measurements read ``clock`` (wall seconds, default ``time.monotonic``)
+and ``cpu_clock`` (the process's CPU seconds, default ``time.process_time``); a test passes
+its own to drive the rules deterministically.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class WorkPool(Generic[Item]):
         grow_below: float = 0.5,
         gain: float = 1.25,
         hold: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
         self.size = max(1, size)
         self._handler = handler
@@ -54,9 +58,10 @@ class WorkPool(Generic[Item]):
         self._schedule = schedule
         self._interval = interval
         self._grow_below, self._gain, self._hold = grow_below, gain, hold
+        self._clock, self._cpu_clock = clock, cpu_clock
         self.target = self.size if schedule is None else 1
-        self._measured_at = (time.monotonic(), time.process_time())  # the last check
-        self._window = _Window(time.monotonic(), 0)  # completions counted since, for probes
+        self._measured_at = (clock(), cpu_clock())  # the last check
+        self._window = _Window(clock(), 0)  # completions counted since, for probes
         self._probe: _Probe | None = None
         self._hold_until = 0.0
         self._probe_up_next = True
@@ -86,7 +91,7 @@ class WorkPool(Generic[Item]):
             if self._check_scheduled or self._schedule is None:
                 return
             self._check_scheduled = True
-            self._measured_at = (time.monotonic(), time.process_time())
+            self._measured_at = (self._clock(), self._cpu_clock())
             self._window = _Window(self._measured_at[0], self._completed)
         self._schedule(self._interval, self._check)
 
@@ -105,7 +110,7 @@ class WorkPool(Generic[Item]):
 
     def _steer(self) -> None:
         """Move ``target`` (lock held, every ``interval`` while items queue)."""
-        wall, cpu = time.monotonic(), time.process_time()
+        wall, cpu = self._clock(), self._cpu_clock()
         busy = (cpu - self._measured_at[1]) / max(wall - self._measured_at[0], 1e-6)
         self._measured_at = (wall, cpu)
         if busy < self._grow_below:
