@@ -28,6 +28,7 @@ class FakePlatform(BaseHTTPRequestHandler):
     step: dict[str, Any] = {}
     puts: list[tuple[str, Any, str]] = []
     gets: list[tuple[str, str]] = []
+    put_statuses: list[int] = []  # answers to the next PUTs (then 200)
 
     def do_GET(self) -> None:
         type(self).gets.append((self.path, self.headers.get("Authorization", "")))
@@ -41,7 +42,8 @@ class FakePlatform(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         type(self).puts.append((self.path, json.loads(self.rfile.read(length)), self.headers.get("Authorization", "")))
-        self.send_response(200)
+        statuses = type(self).put_statuses
+        self.send_response(statuses.pop(0) if statuses else 200)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -51,7 +53,7 @@ class FakePlatform(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def platform() -> Iterator[str]:
-    FakePlatform.puts, FakePlatform.gets = [], []
+    FakePlatform.puts, FakePlatform.gets, FakePlatform.put_statuses = [], [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakePlatform)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -101,3 +103,58 @@ def test_the_step_config_comes_from_the_platform_api_and_update_keys_can_also_be
     assert processed and {"messageId", "threadId", "stepId", "function", "duration_ms"} <= processed[0].keys()
     for secret in ("api-key-planted-77", broker.password or "?", cfg["oauth"]["refresh_token"]):
         assert secret not in done.stderr
+
+
+def run_on_a_sailor_platform(
+    platform: str, broker: BrokerSandbox, cfg: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    """The environment a sailor container gets: step cfg from the platform API, no updateKeys binding."""
+    FakePlatform.step = {"config": cfg, "snapshot": {}, "is_passthrough": False}
+    env = {
+        **os.environ,
+        **broker.env("api"),
+        "ELASTICIO_API_URI": platform,
+        "ELASTICIO_UPDATE_KEYS_ROUTING_KEY": "nothing-is-bound-to-this-key",  # as on a platform built for sailor
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "oarlock", "run", "--component", str(TEST_COMPONENTS / "amqp"), "--burst"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_on_a_sailor_platform_a_refresh_is_put_before_the_ack_and_no_error_is_published(platform: str) -> None:
+    with DevProvider(rotation="single-use") as provider, BrokerSandbox() as broker:
+        cfg = provider_cfg(provider, account="acct-sailor")
+        cfg["oauth"]["expires_at"] = 0
+        broker.publish_input({"body": {"n": 1}})
+        done = run_on_a_sailor_platform(platform, broker, cfg)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (data,) = broker.take("data", 1)
+        assert broker.count("error") == 0 and broker.count("in") == 0 and broker.count("updateKeys") == 0
+    assert data.decrypted()["body"] == {"n": 1, "me": "user-1"}
+    ((path, body, _auth),) = FakePlatform.puts
+    assert (
+        path == "/v1/accounts/acct-sailor" and body["keys"]["oauth"]["refresh_token"] != cfg["oauth"]["refresh_token"]
+    )
+
+
+@pytest.mark.parametrize(("statuses", "attempts"), [([500, 500, 500], 3), ([404], 1)])
+def test_on_a_sailor_platform_a_put_that_fails_is_an_error_message_and_a_reject_never_an_ack(
+    platform: str, statuses: list[int], attempts: int
+) -> None:
+    FakePlatform.put_statuses = list(statuses)
+    with DevProvider(rotation="single-use") as provider, BrokerSandbox() as broker:
+        cfg = provider_cfg(provider, account="acct-sailor")
+        cfg["oauth"]["expires_at"] = 0
+        broker.publish_input({"body": {"n": 1}})
+        done = run_on_a_sailor_platform(platform, broker, cfg)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (error,) = broker.take("error", 1)
+        assert broker.count("in") == 0  # rejected, not requeued
+    assert len(FakePlatform.puts) == attempts
+    message = broker.cipher.decrypt(json.loads(error.body)["error"].encode())["message"]
+    assert f"HTTP {statuses[0]} after {attempts} attempt" in message and "acct-sailor" in message
