@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from oarlock.devprovider import DevProvider
+from oarlock.keys.private import write_private
 
 ACCOUNT = "demo-account"
 MESSAGES: list[dict[str, object]] = [
@@ -70,7 +71,7 @@ def run_demo(*, ttl: float, workdir: Path) -> int:
     with DevProvider(ttl=ttl, rotation="single-use") as provider:
         say(f"dev provider at {provider.url}: access tokens live {ttl:g} s, refresh tokens are single-use")
         cfg = provider.cfg(account=ACCOUNT, subject="demo-user")
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        write_private(cfg_path, json.dumps(cfg, indent=2) + "\n")
         say(f"cfg written to {cfg_path}; 1) two requests with a fresh token")
         codes = [call(component, cfg_path, keys, MESSAGES)]
         say(f"2) waiting {ttl + 0.5:g} s until the access token has expired")

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from pathlib import Path
+import time
 from types import FrameType
 from typing import cast
 
 import click
 
+from oarlock.credentials.token import LINEAGE_FIELD
 from oarlock.devprovider.server import DevProvider
 from oarlock.devprovider.state import Rotation
+from oarlock.keys.private import write_private
 
 
 @click.command("dev-provider")
@@ -31,7 +33,11 @@ from oarlock.devprovider.state import Rotation
 @click.option("--token-latency-ms", default=0.0, show_default=True, help="Added to every /token call.")
 @click.option("--client-id", default="oarlock-dev", show_default=True)
 @click.option("--client-secret", default="oarlock-dev-secret", show_default=True)
-@click.option("--mint-to", type=click.Path(dir_okay=False), help="Write a ready oarlock cfg with a live token here.")
+@click.option(
+    "--mint-to",
+    type=click.Path(dir_okay=False),
+    help="Write a ready oarlock cfg with a live token (and its obtained_at) here.",
+)
 @click.option("--log-requests", is_flag=True, help="Log method, path and status of every request to stderr.")
 def dev_provider_command(
     host: str,
@@ -90,8 +96,11 @@ def dev_provider_command(
         provider.stop()
         return
     if mint_to:
+        cfg = provider.cfg(account="dev-user-1")
+        # a version of its own (newer than anything stored) and an empty lineage: a fresh authorization
+        cfg["oauth"] = {LINEAGE_FIELD: [], **cfg["oauth"], "obtained_at": time.time()}
         try:
-            Path(mint_to).write_text(json.dumps(provider.cfg(account="dev-user-1"), indent=2) + "\n")
+            write_private(mint_to, json.dumps(cfg, indent=2) + "\n")
         except OSError as exc:
             provider.stop()
             click.echo(f"oarlock: cannot write {mint_to}: {exc.strerror or exc}", err=True)

@@ -1,4 +1,12 @@
-"""``oarlock keys``: what the keys store holds (secrets masked unless --reveal), and the updateKeys consumer."""
+"""``oarlock keys``: what the keys store holds (secrets masked unless --reveal), operator edits, the updateKeys consumer.
+
+``put ACCOUNT --oauth FILE`` stores the token set of FILE (an object with ``access_token`` /
+``refresh_token``, or a cfg whose ``oauth`` holds one) as the newest version of ACCOUNT: a
+re-authorization every worker adopts at its next look at the store (``obtained_at`` is stamped
+when missing, and the superseded credential's lineage is carried so it never comes back).
+``delete ACCOUNT`` removes it. Both print one JSON line, secrets masked; exit 1 when delete finds
+no such account, 2 on a usage, configuration or store error.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +14,18 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
-from oarlock.errors import OarlockError, TransportError
-from oarlock.keys.store import KeyStore, StoredCredential, open_store
-from oarlock.redact import redact
+from oarlock.errors import KeyStoreError, OarlockError, TransportError
+from oarlock.keys.store import KeyStore, StoredCredential, open_store, safe_url
+from oarlock.redact import redact, register_credential
 
 DEFAULT_KEYS = os.path.join(".oarlock", "keys.sqlite")
+TOKEN_FIELDS = ("access_token", "refresh_token")
 store_option = click.option(
     "--keys",
     "--store",
@@ -61,13 +72,19 @@ def keys_group() -> None:
 def list_command(store_url: str, reveal: bool) -> None:
     """One JSON line per stored account."""
     store = _open(store_url)
-    for stored in store.list():
+    try:
+        listed = store.list()
+    except OarlockError as exc:  # sealed rows without the key, a store that went away, …
+        click.echo(f"oarlock: {exc}", err=True)
+        sys.exit(2)
+    finally:
+        store.close()
+    for stored in listed:
         summary = describe(stored, reveal)
         summary["fields"] = sorted(stored.oauth)
         if not reveal:
             summary.pop("oauth")
         click.echo(json.dumps(summary, ensure_ascii=False))
-    store.close()
 
 
 @keys_group.command("show")
@@ -77,12 +94,95 @@ def list_command(store_url: str, reveal: bool) -> None:
 def show_command(account: str, store_url: str, reveal: bool) -> None:
     """The stored credential of ACCOUNT as JSON."""
     store = _open(store_url)
-    stored = store.get(account)
-    store.close()
+    try:
+        stored = store.get(account)
+    except OarlockError as exc:
+        click.echo(f"oarlock: {exc}", err=True)
+        sys.exit(2)
+    finally:
+        store.close()
     if stored is None:
         click.echo(f"oarlock: no credential stored for account {account}", err=True)
         sys.exit(1)
     click.echo(json.dumps(describe(stored, reveal), ensure_ascii=False, indent=2))
+
+
+def _token_set(path: str) -> dict[str, Any]:
+    """The token set of FILE, or exit 2 naming what is wrong (never a value)."""
+    try:
+        data: Any = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        _usage(f"cannot read {path}: {exc.strerror or exc}")
+    except json.JSONDecodeError as exc:
+        _usage(f"{path} is not valid JSON: {exc.msg} (line {exc.lineno})")
+    except ValueError:
+        _usage(f"{path} is not valid JSON")
+    if isinstance(data, dict) and "access_token" not in data and "refresh_token" not in data:
+        data = data.get("oauth")  # a cfg file, e.g. one written by dev-provider --mint-to
+    if not isinstance(data, dict) or not any(isinstance(data.get(k), str) and data[k] for k in TOKEN_FIELDS):
+        _usage(f"{path} must hold a token set: a JSON object with access_token or refresh_token (or a cfg with oauth)")
+    register_credential(data)
+    return dict(data)
+
+
+def _usage(message: str) -> NoReturn:
+    click.echo(f"oarlock: {message}", err=True)
+    sys.exit(2)
+
+
+@keys_group.command("put")
+@click.argument("account")
+@click.option("--oauth", "oauth_path", required=True, help="JSON file with the token set (or a cfg holding oauth).")
+@store_option
+def put_command(account: str, oauth_path: str, store_url: str) -> None:
+    """Store the token set of FILE as the newest version of ACCOUNT (a re-authorization every worker adopts)."""
+    from oarlock.credentials.token import LINEAGE_FIELD, TokenSet, supersede, version_of
+
+    oauth = _token_set(oauth_path)
+    store = _open(store_url)
+    try:
+        stored = store.get(account)
+        now = time.time()
+        token = {LINEAGE_FIELD: [], **TokenSet(oauth).stamped(now).data}  # a fresh authorization: no history
+        if stored is not None:
+            token = supersede(token, stored.oauth)
+        version = max(version_of(token), int(now * 1000), stored.version + 1 if stored is not None else 0)
+        written = store.save(account, token, version, None)
+    except OarlockError as exc:
+        _usage(str(exc))
+    finally:
+        store.close()
+    line = {
+        "account": account,
+        "stored": written,
+        "version": version,
+        "replaced_version": stored.version if stored is not None else None,
+        "oauth": redact(token),
+    }
+    click.echo(json.dumps(line, ensure_ascii=False))
+    if not written:
+        _usage(f"a newer version of account {account} was stored meanwhile: nothing written")
+
+
+@keys_group.command("delete")
+@click.argument("account")
+@store_option
+def delete_command(account: str, store_url: str) -> None:
+    """Remove the stored credential of ACCOUNT; exit 1 if there is none."""
+    store = _open(store_url)
+    try:
+        delete: Callable[[str], object] | None = getattr(store, "delete", None)
+        if not callable(delete):
+            _usage(f"the keys store {safe_url(store_url)} cannot delete credentials (it has no delete method)")
+        deleted = bool(delete(account))
+    except OarlockError as exc:
+        _usage(str(exc))
+    finally:
+        store.close()
+    click.echo(json.dumps({"account": account, "deleted": deleted}, ensure_ascii=False))
+    if not deleted:
+        click.echo(f"oarlock: no credential stored for account {account}", err=True)
+        sys.exit(1)
 
 
 @keys_group.command("refresh-dormant")
@@ -164,3 +264,22 @@ def serve_command(
     finally:
         store.close()
     click.echo(json.dumps({"stored": stored, "refused": service.refused, "rejected": service.rejected}))
+
+
+@keys_group.command("reseal")
+@store_option
+def reseal_command(store_url: str) -> None:
+    """Seal in place the tokens stored in clear before OARLOCK_KEYS_KEY was set (versions kept)."""
+    from oarlock.keys.base import ResealableStore
+
+    store = _open(store_url)
+    try:
+        if not isinstance(store, ResealableStore):
+            raise KeyStoreError(f"the keys store {safe_url(store_url)} cannot reseal")
+        count = store.reseal()
+    except OarlockError as exc:
+        click.echo(f"oarlock: {exc}", err=True)
+        sys.exit(2)
+    finally:
+        store.close()
+    click.echo(json.dumps({"resealed": count}))

@@ -17,6 +17,7 @@ import click
 
 from oarlock import logs
 from oarlock.errors import ConfigurationError, KeyStoreError, OarlockError
+from oarlock.redact import redact
 
 LAZY_COMMANDS = {
     "validate": ("oarlock.cli.validate", "validate_command"),
@@ -77,6 +78,14 @@ component_option = click.option(
     type=click.Path(file_okay=False),
     help="Folder holding component.json.",
 )
+keys_option = click.option(
+    "--keys",
+    "keys_path",
+    default=str(DEFAULT_KEYS),
+    show_default=True,
+    help="Keys store (SQLite file or postgresql:// URL): runs start from the newest stored credential, refreshes are kept.",
+)
+no_keys_option = click.option("--no-keys", is_flag=True, help="Do not read or write the keys store.")
 log_level_option = click.option(
     "--log-level",
     default=lambda: os.environ.get("ELASTICIO_LOG_LEVEL", "info"),
@@ -91,14 +100,8 @@ log_level_option = click.option(
 @click.option("--cfg", "cfg_path", required=True, help="JSON file with the step configuration (cfg).")
 @click.option("--snapshot", "snapshot_path", help="JSON file with the snapshot; written back after the run.")
 @click.option("--msg", "msg_path", help="JSON file with one message; without it, JSON lines are read from stdin.")
-@click.option(
-    "--keys",
-    "keys_path",
-    default=str(DEFAULT_KEYS),
-    show_default=True,
-    help="Keys store (SQLite file or postgresql:// URL) where refreshed credentials are kept.",
-)
-@click.option("--no-keys", is_flag=True, help="Do not read or write the keys store.")
+@keys_option
+@no_keys_option
 @click.option(
     "--concurrency", default=1, show_default=True, type=click.IntRange(1, 1024), help="How many messages run at once."
 )
@@ -150,38 +153,61 @@ def call(
 @main.command()
 @component_option
 @click.option("--cfg", "cfg_path", required=True, help="JSON file with the credential cfg.")
+@keys_option
+@no_keys_option
 @log_level_option
-def verify(component_dir: str, cfg_path: str, log_level: str) -> None:
-    """Run the component's verify_credentials.py; print {"verified": …}; exit 0 if verified, 1 if not."""
+def verify(component_dir: str, cfg_path: str, keys_path: str, no_keys: bool, log_level: str) -> None:
+    """Run the component's verify_credentials.py; print {"verified": …}; exit 0 if verified, 1 if not.
+
+    Like `call`, it starts from the newest stored credential of the cfg's _account and stores what it refreshes.
+    """
     from oarlock.component.model import Component
-    from oarlock.credentials.manager import CredentialManager
-    from oarlock.runtime.verify import verify_credentials
+    from oarlock.keys.store import open_store
+    from oarlock.runtime.verify import verify_with_keys
 
     logs.configure(log_level)
+    keys = None
     try:
         component = Component.load(component_dir)
-        result = verify_credentials(component.verifier_path(), read_cfg(cfg_path), credentials=CredentialManager())
-    except ConfigurationError as exc:
+        cfg = read_cfg(cfg_path)
+        keys = None if no_keys else open_store(keys_path)
+        result = verify_with_keys(component.verifier_path(), cfg, keys=keys)
+    except (ConfigurationError, KeyStoreError) as exc:
         fail(str(exc))
         return
+    finally:
+        if keys is not None:
+            keys.close()
     result.pop("updateKeys", None)
-    click.echo(json.dumps(result, ensure_ascii=False))
+    click.echo(json.dumps(redact(result), ensure_ascii=False))
     sys.exit(0 if result["verified"] else 1)
 
 
 @main.command()
 @click.argument("name", type=click.Choice(["verifyCredentials", "getMetaModel", "selectModel"]))
 @component_option
+@click.option(
+    "--keys",
+    "keys_path",
+    envvar="ELASTICIO_KEYS_STORE",
+    default=str(DEFAULT_KEYS),
+    show_default=f"ELASTICIO_KEYS_STORE or {DEFAULT_KEYS}",
+    help="Keys store for verifyCredentials: it starts from the newest stored credential and stores its refreshes.",
+)
+@no_keys_option
 @log_level_option
-def service(name: str, component_dir: str, log_level: str) -> None:
-    """sailor's service mode: cfg from ELASTICIO_CFG, result POSTed to ELASTICIO_POST_RESULT_URL (or printed)."""
+def service(name: str, component_dir: str, keys_path: str, no_keys: bool, log_level: str) -> None:
+    """sailor's service mode: cfg from ELASTICIO_CFG, result POSTed to ELASTICIO_POST_RESULT_URL (or printed).
+
+    The result is masked: no token or secret is printed or POSTed.
+    """
     from oarlock.component.model import Component
     from oarlock.runtime.service import post_result, run_service
 
     logs.configure(log_level)
     try:
         component = Component.load(os.environ.get("ELASTICIO_COMPONENT_PATH") or component_dir)
-        result = run_service(name, component, os.environ)
+        result = run_service(name, component, os.environ, keys_url=None if no_keys else keys_path)
         url = os.environ.get("ELASTICIO_POST_RESULT_URL")
         if url:
             post_result(url, result)

@@ -77,11 +77,11 @@ def run_command(
                 click.echo(f"oarlock: keys store {safe_url(settings.keys_store)} cannot be used: {reason}", err=True)
                 sys.exit(2)
         runner: FunctionRunner | UnloadableFunction
+        credentials: CredentialManager | None = None
         try:
             component = Component.load(component_dir or settings.component_path or ".")
-            runner = FunctionRunner(
-                component, settings.function, credentials=CredentialManager(coordinator=coordinator)
-            )
+            credentials = CredentialManager(coordinator=coordinator)
+            runner = FunctionRunner(component, settings.function, credentials=credentials)
         except ComponentError as exc:
             runner = UnloadableFunction(exc)
         transport = AmqpTransport(
@@ -101,6 +101,8 @@ def run_command(
     signal.signal(signal.SIGINT, stop)
     try:
         code = worker.run()
+        if credentials is not None:
+            credentials.close()  # a credential the keys store could not take gets a last try
     except TransportError as exc:
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(3)

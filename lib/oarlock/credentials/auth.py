@@ -355,6 +355,7 @@ def oauth2_flow(
     retry.headers["Authorization"] = f"Bearer {fresh}"
     response = yield retry
     if is_unauthorized(response):
+        credential.rejected_after_refresh(fresh)  # no more refreshes on this token's 401s for a cooldown
         raise TokenRejected(
             f"the API at {_where(request)} rejects a freshly refreshed token for account {credential.account} "
             f"({response.status_code} after refresh): check the scopes and the API's client configuration",

@@ -7,11 +7,35 @@ Merge rules (ARCHITECTURE.md behaviour 4):
 - ``expires_at`` (absolute epoch seconds) is computed when the response arrives from
   ``expires_in`` (an int or a numeric string) and never recomputed later; a response with
   no expiry information leaves the expiry unknown (Salesforce);
-- ``obtained_at`` records when the response arrived.
+- ``obtained_at`` records when the response arrived;
+- ``oarlock_lineage`` (oarlock's own field, kept inside ``oauth`` so it travels with the
+  credential through every store and updateKeys without a schema change) lists the first 16
+  hex characters of the sha256 of each refresh token this credential was rotated FROM, newest
+  first, and of the credentials it superseded as a re-authorization (with their own lineage). A
+  credential without a refresh token uses its access token the same way. Every merge carries it
+  over and adds the token it rotated away. At most :data:`LINEAGE_MAX` (20) hashes: the newest,
+  and always the last two, the pins: the root (the first credential oarlock saw of the account)
+  and, after a re-authorization, the re-authorized credential itself (otherwise the second-oldest
+  hash), so a cfg file or platform cfg that never follows the rotations is recognised forever.
+
+Lineage decides which of two credentials of one account is the live one (:func:`relate`):
+the same refresh token -> the newer version wins (as before); the offered token's hash is in the
+known one's lineage -> the offered one is stale (the known one descends from it); the known
+token's hash is in the offered one's lineage -> the offered one descends from it and wins;
+neither -> the offered one is a re-authorization (the platform's own OAuth callback, ``oarlock
+keys put``) and wins at once (:func:`offered_wins`), unless it carries an ``obtained_at`` older
+than the known version (then it is a descendant whose link fell out of the bounded lineage), or it
+is a raw token set (no ``obtained_at``) and the known one's history began before lineage tracking
+(:func:`lineage_known`; its lineage then ends with :data:`LINEAGE_UNKNOWN`): then the versions
+decide as before, so an upgrade never lets a cfg's long-rotated token replace a live stored one
+(:func:`shadowed` says when; ``oarlock keys put`` re-authorizes such an account). A credential
+without any token never counts as a re-authorization.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -30,6 +54,124 @@ ALIASES = {
     "expiresAt": "expires_at",
 }
 REAUTHORIZE_ERRORS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+#: the field of ``oauth`` holding the hashes of the tokens a credential was rotated from
+LINEAGE_FIELD = "oarlock_lineage"
+LINEAGE_MAX = 20
+#: the last entry of a lineage whose beginning oarlock does not know (it started before lineage tracking)
+LINEAGE_UNKNOWN = "unknown"
+
+
+def version_of(oauth: Mapping[str, Any]) -> int:
+    """The version a credential carries implicitly: when it was obtained, in ms (0 when unknown)."""
+    obtained = oauth.get("obtained_at")
+    try:
+        return int(float(obtained) * 1000) if obtained is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def lineage_hash(token: str) -> str:
+    """The short, non-secret name of a token in a lineage: 16 hex characters of its sha256."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def identity_of(oauth: Mapping[str, Any]) -> str | None:
+    """What identifies a credential: its refresh token, else its access token (None without either)."""
+    for name in ("refresh_token", "access_token"):
+        value = oauth.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def lineage_of(oauth: Mapping[str, Any]) -> list[str]:
+    raw = oauth.get(LINEAGE_FIELD)
+    return [h for h in raw if isinstance(h, str)] if isinstance(raw, list) else []
+
+
+def lineage_known(oauth: Mapping[str, Any]) -> bool:
+    """Whether oarlock knows the credential's history from its start.
+
+    True for a raw token set (no ``obtained_at``) and for one oarlock tracked from its first sight;
+    False for one with an ``obtained_at`` but no lineage (written before lineage tracking) and for
+    every credential descending from such a one.
+    """
+    raw = oauth.get(LINEAGE_FIELD)
+    if isinstance(raw, list):
+        return not raw or raw[-1] != LINEAGE_UNKNOWN
+    return parse_seconds(oauth.get("obtained_at")) is None
+
+
+def history_of(oauth: Mapping[str, Any]) -> list[str]:
+    """The lineage a successor carries on: the credential's own, or the unknown mark for an untracked one."""
+    lineage = lineage_of(oauth)
+    return lineage if lineage or lineage_known(oauth) else [LINEAGE_UNKNOWN]
+
+
+def bounded_lineage(hashes: list[str]) -> list[str]:
+    """At most LINEAGE_MAX hashes: the newest ones, and always the last two (the pins, see the module docstring)."""
+    return hashes if len(hashes) <= LINEAGE_MAX else [*hashes[: LINEAGE_MAX - 2], *hashes[-2:]]
+
+
+class Relation(enum.Enum):
+    """How an offered credential relates to a known one of the same account (see the module docstring)."""
+
+    SAME = "same"
+    OLDER = "older"
+    NEWER = "newer"
+    UNRELATED = "unrelated"
+
+
+def relate(offered: Mapping[str, Any], known: Mapping[str, Any]) -> Relation:
+    mine, theirs = identity_of(offered), identity_of(known)
+    if mine is None or theirs is None or mine == theirs:
+        return Relation.SAME
+    if lineage_hash(mine) in lineage_of(known):
+        return Relation.OLDER
+    if lineage_hash(theirs) in lineage_of(offered):
+        return Relation.NEWER
+    return Relation.UNRELATED
+
+
+def offered_wins(
+    offered: Mapping[str, Any], offered_version: int, known: Mapping[str, Any], known_version: int
+) -> bool:
+    """Whether a credential offered by the cfg/platform replaces the known (stored or in-memory) one."""
+    relation = relate(offered, known)
+    if relation is Relation.SAME:
+        return offered_version > known_version
+    if relation is Relation.UNRELATED:
+        return offered_version > known_version or (offered_version == 0 and lineage_known(known))
+    return relation is Relation.NEWER
+
+
+def shadowed(offered: Mapping[str, Any], offered_version: int, known: Mapping[str, Any]) -> bool:
+    """A raw credential not in the known one's lineage that loses only because that lineage's start is unknown."""
+    return offered_version == 0 and relate(offered, known) is Relation.UNRELATED and not lineage_known(known)
+
+
+def supersede(winner: Mapping[str, Any], loser: Mapping[str, Any]) -> dict[str, Any]:
+    """The winner of a re-authorization with the superseded credential (and its lineage) in its lineage.
+
+    The winner's own token is pinned before the root, so a cfg that still holds the re-authorized
+    credential is known as its ancestor however many rotations later.
+    """
+    replaced, entry = identity_of(loser), identity_of(winner)
+    if replaced is None or entry is None:
+        return dict(winner)
+    chain = [lineage_hash(replaced), *history_of(loser)]
+    lineage = bounded_lineage([*lineage_of(winner), *chain[:-1], lineage_hash(entry), chain[-1]])
+    return {**winner, LINEAGE_FIELD: lineage}
+
+
+def stored_wins(
+    stored: Mapping[str, Any], stored_version: int, current: Mapping[str, Any], current_version: int
+) -> bool:
+    """Whether a stored credential replaces the one in memory: a descendant always, an unrelated one if newer."""
+    relation = relate(stored, current)
+    if relation is Relation.NEWER:
+        return True
+    return relation is not Relation.OLDER and stored_version > current_version
 
 
 def parse_seconds(value: Any) -> float | None:
@@ -69,13 +211,32 @@ class TokenSet:
         return parse_seconds(self.data.get("obtained_at"))
 
     @property
+    def identity(self) -> str | None:
+        return identity_of(self.data)
+
+    @property
+    def lineage(self) -> list[str]:
+        return lineage_of(self.data)
+
+    def stamped(self, now: float) -> TokenSet:
+        """This token set with ``obtained_at`` set to ``now`` if it has none (a raw token response)."""
+        if self.obtained_at is not None:
+            return self
+        return TokenSet({LINEAGE_FIELD: [], **self.data, "obtained_at": now})
+
+    @property
     def lifetime(self) -> float | None:
-        """How long the token was issued for: from obtained_at, else from the provider's expires_in."""
+        """How long the token was issued for: from obtained_at or the provider's expires_in, the longer.
+
+        (A credential oarlock stamped when it first saw it has an ``obtained_at`` later than its issue.)
+        """
         if self.expires_at is None:
             return None
+        expires_in = parse_seconds(self.data.get("expires_in"))
         if self.obtained_at is not None:
-            return max(0.0, self.expires_at - self.obtained_at)
-        return parse_seconds(self.data.get("expires_in"))
+            span = max(0.0, self.expires_at - self.obtained_at)
+            return max(span, expires_in) if expires_in is not None else span
+        return expires_in
 
     def leeway(self, configured: float) -> float:
         """The configured leeway, capped at half the token's lifetime for short-lived tokens."""
@@ -103,7 +264,38 @@ class TokenSet:
         else:
             merged.pop("expires_at", None)
         merged["obtained_at"] = now
+        lineage = history_of(previous.data) if previous is not None else lineage_of(merged)
+        before = previous.identity if previous is not None else None
+        if before is not None and identity_of(merged) != before:
+            lineage = [lineage_hash(before), *lineage]
+        merged[LINEAGE_FIELD] = bounded_lineage(lineage)
         return cls(merged)
+
+
+def take_offered(
+    offered: Mapping[str, Any],
+    known: Mapping[str, Any],
+    known_version: int,
+    *,
+    now: float,
+    offered_version: int | None = None,
+) -> tuple[dict[str, Any], int, Relation] | None:
+    """None when the known credential stays; else the offered one as it is taken, its version, its relation.
+
+    Taken means: ``obtained_at`` stamped if missing, and a re-authorization (UNRELATED) supersedes the
+    known one (:func:`supersede`) and gets a version newer than it. ``offered_version`` is what the
+    offered credential carried before a stamp (default: :func:`version_of` it).
+    """
+    version = version_of(offered) if offered_version is None else offered_version
+    if not offered_wins(offered, version, known, known_version):
+        return None
+    relation = relate(offered, known)
+    data = TokenSet(dict(offered)).stamped(now).data
+    if relation is Relation.SAME:
+        return data, max(version, version_of(data)), relation
+    if relation is Relation.UNRELATED:
+        data = supersede(data, known)
+    return data, max(version_of(data), known_version + 1), relation
 
 
 def parse_token_response(

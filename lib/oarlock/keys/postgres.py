@@ -128,6 +128,10 @@ class PostgresKeyStore:
     def list(self) -> builtins.list[StoredCredential]:
         return self._select("ORDER BY account", ())
 
+    def delete(self, account: str) -> bool:
+        """Remove the account's credential (an operator's ``oarlock keys delete``); True if there was one."""
+        return int(self._execute(f"DELETE FROM {self.table} WHERE account = %s", (account,)).rowcount) > 0
+
     def _select(self, clause: str, args: tuple[Any, ...]) -> builtins.list[StoredCredential]:
         rows = self._execute(
             f"SELECT account, version, oauth, response, updated_at FROM {self.table} {clause}", args

@@ -129,6 +129,14 @@ class SqliteKeyStore:
     def list(self) -> builtins.list[StoredCredential]:
         return self._select("ORDER BY account", ())
 
+    def delete(self, account: str) -> bool:
+        """Remove the account's credential (an operator's ``oarlock keys delete``); True if there was one."""
+        try:
+            with self._transaction() as conn:
+                return conn.execute("DELETE FROM credentials WHERE account = ?", (account,)).rowcount > 0
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"keys store {self.path}: cannot delete account {account}: {exc}") from None
+
     def _select(self, clause: str, args: tuple[Any, ...]) -> builtins.list[StoredCredential]:
         try:
             rows = (

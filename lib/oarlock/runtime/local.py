@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from oarlock.component.model import Component
-from oarlock.credentials.manager import CredentialManager
-from oarlock.errors import ConfigurationError, OarlockError
+from oarlock.credentials.manager import CredentialManager, start_from_stored
+from oarlock.errors import ConfigurationError, KeyStoreError, OarlockError
 from oarlock.jsonlimits import loads
+from oarlock.keys.private import write_private
 from oarlock.keys.store import KeyStore, apply_update_keys, open_store
 from oarlock.protocol.events import Event, EventName, error_payload
 from oarlock.protocol.message import Message
@@ -84,7 +85,10 @@ class LocalRun:
 
     def _on_event(self, index: int, event: Event) -> None:
         if event.name is EventName.UPDATE_KEYS and self.keys is not None and not event.persisted:
-            apply_update_keys(self.keys, event.payload)
+            try:
+                apply_update_keys(self.keys, event.payload)
+            except KeyStoreError as exc:  # the event is still written below: the credential is not lost
+                log.error("the keys store did not take an updateKeys of input line %s: %s", index + 1, exc)
         with self._lock:
             self.events += 1
             if event.name is EventName.ERROR:
@@ -152,27 +156,13 @@ class LocalCall:
         )
 
     def _start_from_stored(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        """Replace a stale credential of the cfg file by the newest stored one for the same ``_account``."""
-        account = cfg.get("_account")
-        oauth = cfg.get("oauth")
-        if self.keys is None or not isinstance(account, str) or not isinstance(oauth, dict):
-            return cfg
-        stored = self.keys.get(account)
-        if stored is None:
-            return cfg
-        obtained_at = oauth.get("obtained_at")
-        cfg_version = (
-            int(float(obtained_at) * 1000) if isinstance(obtained_at, (int, float, str)) and _num(obtained_at) else 0
-        )
-        if stored.version <= cfg_version:
-            return cfg
-        log.info(
-            "account %s: starting from the stored credential (version %s), newer than the cfg file",
-            account,
-            stored.version,
-            extra={"account": account, "version": stored.version},
-        )
-        return {**cfg, "oauth": dict(stored.oauth)}
+        """The cfg file's credential, or the newest stored one of the same ``_account`` when that one wins.
+
+        The lineage rules of :func:`oarlock.credentials.manager.start_from_stored`: a cfg credential
+        whose token was rotated away gives way to the stored one; one that is not in the stored one's
+        lineage is a re-authorization: it wins and is stored as the newest version.
+        """
+        return start_from_stored(cfg, self.keys)
 
     def _read_snapshot(self) -> dict[str, Any]:
         if self.snapshot_path is None or not self.snapshot_path.exists():
@@ -191,15 +181,8 @@ class LocalCall:
             self.local.run_lines(lines)
         finally:
             if self.snapshot_path is not None:
-                self.snapshot_path.write_text(json.dumps(self.local.snapshot, ensure_ascii=False, indent=2) + "\n")
+                write_private(self.snapshot_path, json.dumps(self.local.snapshot, ensure_ascii=False, indent=2) + "\n")
+            self.credentials.close()  # a credential the store could not take gets a last try
             if self.keys is not None:
                 self.keys.close()
         return self.local.errors
-
-
-def _num(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True

@@ -3,6 +3,12 @@
 ``verify(cfg)`` (or ``verify(cfg, ctx)``) may return a bool, a dict (``{"verified": …,
 "reason": …}``; a dict without ``verified`` counts as verified), or raise: the exception
 text, redacted, becomes the reason. A component without a verifier is verified.
+
+With a keys store (:func:`verify_with_keys`, what ``oarlock verify`` and ``oarlock service
+verifyCredentials`` use) the check starts from the newest stored credential of the cfg's
+``_account``, exactly like ``oarlock call`` (lineage rules:
+:func:`oarlock.credentials.manager.start_from_stored`), and what it refreshes is stored: by the
+refresh engine inside the store's lock, or here when the engine could not (``persisted`` false).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from oarlock.awaitables import run_maybe_async
-from oarlock.errors import ComponentError
+from oarlock.errors import ComponentError, KeyStoreError
+from oarlock.keys.store import KeyStore, apply_update_keys
 from oarlock.protocol.events import EventList, EventName
 from oarlock.protocol.message import Message
 from oarlock.redact import redact, redact_text, register_credential
@@ -49,10 +56,28 @@ def load_verifier(path: Path) -> ModuleType:
     return module
 
 
+def verify_with_keys(verifier: Path | None, cfg: dict[str, Any], *, keys: KeyStore | None) -> dict[str, Any]:
+    """:func:`verify_credentials` starting from the newest stored credential, storing what it refreshes."""
+    from oarlock.credentials.manager import CredentialManager, start_from_stored
+
+    manager = CredentialManager(coordinator=keys)
+    try:
+        return verify_credentials(verifier, start_from_stored(cfg, keys), credentials=manager, keys=keys)
+    finally:
+        manager.close()
+
+
 def verify_credentials(
-    verifier: Path | None, cfg: dict[str, Any], *, credentials: CredentialManager | None = None
+    verifier: Path | None,
+    cfg: dict[str, Any],
+    *,
+    credentials: CredentialManager | None = None,
+    keys: KeyStore | None = None,
 ) -> dict[str, Any]:
-    """Run the verifier and return ``{"verified": True}`` or ``{"verified": False, "reason": …}``."""
+    """Run the verifier and return ``{"verified": True}`` or ``{"verified": False, "reason": …}``.
+
+    With ``keys``, an updateKeys the refresh engine did not store itself is written there.
+    """
     if verifier is None:
         return {"verified": True}
     module = load_verifier(verifier)
@@ -75,11 +100,23 @@ def verify_credentials(
         return {"verified": False, "reason": redact_text(str(exc)) or type(exc).__name__}
     finally:
         ctx.close()
+        _store_updates(events, keys)
     outcome = _interpret(result)
     updates = events.payloads(EventName.UPDATE_KEYS)
     if updates:
         outcome["updateKeys"] = updates
     return outcome
+
+
+def _store_updates(events: EventList, keys: KeyStore | None) -> None:
+    if keys is None:
+        return
+    for event in list(events.events):
+        if event.name is EventName.UPDATE_KEYS and not event.persisted:
+            try:
+                apply_update_keys(keys, event.payload)
+            except KeyStoreError as exc:
+                log.error("the refreshed credential could not be stored: %s", redact_text(str(exc)))
 
 
 def _interpret(result: Any) -> dict[str, Any]:
