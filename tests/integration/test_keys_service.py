@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from oarlock.errors import KeyStoreError
 from oarlock.keys.store import KeyStore, StoredCredential, open_store
 from tests.support import run_cli
 
@@ -208,6 +209,55 @@ def test_an_unexpected_failure_for_one_message_rejects_it_and_the_service_goes_o
     assert "updateKeys message rejected: unexpected RuntimeError" in caplog.text
     fine = store.get("fine")
     assert fine is not None and fine.version == 1
+    store.close()
+
+
+class BlippingStore(ExplodingStore):
+    """A real SQLite store that cannot be written for its first ``failures`` saves, as a database restarting."""
+
+    def __init__(self, inner: KeyStore, failures: int) -> None:
+        super().__init__(inner, "")
+        self.failures = failures
+
+    def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
+        if self.failures > 0:
+            self.failures -= 1
+            raise KeyStoreError("keys store postgresql://oarlock:***@db/keys: OperationalError: the server restarts")
+        return self.inner.save(account, oauth, version, response)
+
+
+@pytest.mark.amqp
+def test_a_store_that_cannot_be_written_leaves_the_update_in_the_queue_and_it_is_stored_once_the_store_is_back(
+    tmp_path: Path, broker: Any
+) -> None:
+    from oarlock.keys.consumer import KeysService
+
+    store = BlippingStore(open_store(str(tmp_path / "keys.sqlite")), failures=2)
+    publish_update(broker, {"account": "acct-blip", "version": 7, "oauth": {"t": 7}})
+    pauses: list[float] = []
+    service = KeysService(store, broker.amqp_uri, broker.queues["updateKeys"], broker.cipher, sleep=pauses.append)
+    assert service.run(burst=True) == 1
+    assert (service.stored, service.rejected, service.requeued) == (1, 0, 2) and pauses == [0.5, 1.0]
+    stored = store.get("acct-blip")
+    assert stored is not None and stored.version == 7 and messages_in(broker.queues["updateKeys"]) == 0
+    store.close()
+
+
+@pytest.mark.amqp
+@pytest.mark.parametrize("version", [float("inf"), float("nan"), 2**64, "12abc", True, 10**18, -3, 2.5])
+def test_an_update_whose_version_is_not_a_finite_integer_up_to_a_day_ahead_is_rejected_and_the_next_stored(
+    tmp_path: Path, broker: Any, version: Any
+) -> None:
+    from oarlock.keys.consumer import KeysService
+
+    store = open_store(str(tmp_path / "keys.sqlite"))
+    publish_update(broker, {"account": "acct-v", "version": version, "oauth": {"t": 1}})
+    publish_update(broker, {"account": "acct-v", "version": 5, "oauth": {"t": 5}})
+    service = KeysService(store, broker.amqp_uri, broker.queues["updateKeys"], broker.cipher)
+    assert service.run(burst=True) == 1
+    assert (service.stored, service.rejected) == (1, 1)
+    stored = store.get("acct-v")
+    assert stored is not None and stored.version == 5
     store.close()
 
 

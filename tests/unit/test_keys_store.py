@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from oarlock.errors import KeyStoreError
+from oarlock.errors import DecodeError, KeyStoreError
 from oarlock.keys.postgres import PostgresKeyStore
 from oarlock.keys.store import KeyStore, apply_update_keys, open_store
 from tests.support import run_cli
@@ -148,7 +148,8 @@ def test_update_keys_payloads_are_applied_and_persist_false_is_not_stored(store_
     payload: dict[str, Any] = {"account": "a", "version": 3, "oauth": {"access_token": "t"}, "response": {"x": 1}}
     assert apply_update_keys(store, payload)
     assert not apply_update_keys(store, {**payload, "version": 4, "persist": False})
-    with pytest.raises(KeyStoreError, match="has no 'version'"):
+    # a malformed payload is the message's fault (rejected), not the store's (which would be retried)
+    with pytest.raises(DecodeError, match="has no 'version'"):
         apply_update_keys(store, {"account": "a", "oauth": {}})
     stored = store.get("a")
     assert stored is not None and stored.version == 3
@@ -199,3 +200,28 @@ def test_keys_list_and_show_mask_secrets_unless_revealed(tmp_path: Path) -> None
     assert "RT-visible-2" in revealed.stdout
     missing = run_cli(["keys", "show", "nobody", "--keys", keys])
     assert missing.returncode == 1 and "no credential stored for account nobody" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "version", [float("inf"), float("nan"), 2**64, "12abc", True, None, [], 2.5, -1, 10**18, "1e30"]
+)
+def test_a_version_that_is_not_a_finite_integer_from_0_to_a_day_ahead_is_a_decode_error(version: Any) -> None:
+    from oarlock.keys.base import valid_version
+
+    with pytest.raises(DecodeError, match="version"):
+        valid_version(version, now_ms=1_795_000_000_000)
+
+
+@pytest.mark.parametrize(("version", "expected"), [(5, 5), ("7", 7), (7.0, 7), (1_795_000_000_000 + 3600_000, None)])
+def test_a_version_that_is_an_integer_up_to_a_day_ahead_is_accepted(version: Any, expected: int | None) -> None:
+    from oarlock.keys.base import valid_version
+
+    assert valid_version(version, now_ms=1_795_000_000_000) == (version if expected is None else expected)
+
+
+def test_delete_removes_an_account_and_says_whether_there_was_one(store_spec: tuple[str, str]) -> None:
+    store = _open(*store_spec)
+    store.save("gone", {"access_token": "t"}, 1)
+    assert store.delete("gone") is True and store.get("gone") is None
+    assert store.delete("gone") is False
+    store.close()

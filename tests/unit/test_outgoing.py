@@ -214,3 +214,31 @@ def test_the_headers_go_on_the_wire_in_sailors_order_and_field_types(capture: st
     types = wire_types(encode_table(out.headers))
     assert list(types) == theirs["header_order"]
     assert types == theirs["header_types"]
+
+
+def test_no_self_passthrough_keeps_the_input_under_the_step_that_sent_it_as_sailor_does() -> None:
+    incoming = Message({"in": 1}, id="in-9", passthrough={"step_0": {"body": {"first": True}}})
+    enc = encoder(passthrough=True, ELASTICIO_NO_SELF_PASSTRHOUGH="true")
+    (out,), _ = enc.encode(view({"stepId": "step_7"}, message=incoming), Event(EventName.DATA, Message({"x": 2})))
+    passthrough = CIPHER.decrypt(out.body)["passthrough"]
+    assert passthrough["step_0"] == {"body": {"first": True}} and "step_1" not in passthrough
+    assert passthrough["step_7"]["id"] == "in-9" and passthrough["step_7"]["body"] == {"in": 1}
+
+
+def test_a_rebound_iteration_header_that_is_not_a_number_counts_as_zero() -> None:
+    rebound = encoder().rebound(view({"reboundIteration": "many"}), Message({}))
+    assert rebound is not None and rebound.headers["reboundIteration"] == 1
+
+
+def test_a_rebound_emitted_with_an_exception_keeps_its_message_as_the_reason() -> None:
+    from oarlock.protocol.events import normalise
+
+    event = normalise("rebound", TimeoutError("the API is busy, try later"))
+    rebound = encoder().rebound(view(), event.payload)
+    assert rebound is not None and rebound.headers["reboundReason"] == "the API is busy, try later"
+
+
+def test_the_error_reply_to_reply_to_carries_end_like_the_error_message() -> None:
+    payload = {"name": "E", "message": "m", "stack": ""}
+    _error, reply = encoder().encode(view({"reply_to": "reply.q"}), Event(EventName.ERROR, payload)).messages
+    assert reply.headers["end"] == 42

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import builtins
 import re
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from oarlock.errors import KeyStoreError
+from oarlock.errors import DecodeError
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class KeyStore(Protocol):
 
     def list(self) -> builtins.list[StoredCredential]: ...
 
+    def delete(self, account: str) -> bool:
+        """Remove the account's credential; True if there was one."""
+
     def lock(self, account: str, timeout: float = 30.0) -> AbstractContextManager[None]:
         """Mutual exclusion per account across processes; KeyStoreError on timeout."""
 
@@ -63,17 +67,39 @@ def apply_update_keys(store: KeyStore, payload: dict[str, Any]) -> bool:
         return False
     for name in ("account", "version", "oauth"):
         if name not in payload:
-            raise KeyStoreError(f"updateKeys payload has no {name!r}: cannot store it")
+            raise DecodeError(f"updateKeys payload has no {name!r}: cannot store it")
     if not isinstance(payload["oauth"], dict):
-        raise KeyStoreError("updateKeys payload's 'oauth' must be an object")
-    try:
-        version = int(payload["version"])
-    except (TypeError, ValueError):
-        raise KeyStoreError("updateKeys payload's 'version' must be an integer") from None
+        raise DecodeError("updateKeys payload's 'oauth' must be an object")
+    account = payload["account"]
+    if not isinstance(account, str) or not account or len(account) > 512:
+        raise DecodeError("updateKeys payload's 'account' must be a non-empty string (at most 512 characters)")
+    version = valid_version(payload["version"])
     response = payload.get("response")
-    return store.save(
-        str(payload["account"]), payload["oauth"], version, response if isinstance(response, dict) else None
-    )
+    return store.save(account, payload["oauth"], version, response if isinstance(response, dict) else None)
+
+
+#: a version is a time in ms; one further ahead than this is refused (a clock far off, or a forged update
+#: that would shadow every later refresh)
+VERSION_AHEAD_MS = 24 * 3600 * 1000
+
+
+def valid_version(value: Any, *, now_ms: int | None = None) -> int:
+    """An updateKeys version: a finite integer (not a bool), 0 <= v <= now + 1 day in ms; DecodeError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DecodeError("updateKeys payload's 'version' must be an integer")
+    try:
+        number = float(value) if isinstance(value, (float, str)) else value
+        if isinstance(number, float) and (number != number or number in (float("inf"), float("-inf"))):
+            raise ValueError
+        version = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise DecodeError(f"updateKeys payload's 'version' must be a finite integer, got {str(value)[:40]!r}") from None
+    if version != number:
+        raise DecodeError(f"updateKeys payload's 'version' must be an integer, got {str(value)[:40]!r}")
+    limit = (int(time.time() * 1000) if now_ms is None else now_ms) + VERSION_AHEAD_MS
+    if version < 0 or version > limit:
+        raise DecodeError(f"updateKeys payload's 'version' {version} is outside 0 .. now + 1 day (in ms): refused")
+    return version
 
 
 def safe_url(url: str) -> str:

@@ -4,7 +4,10 @@
 (reconnect with backoff when the broker drops the connection, no pika here). The transport
 delivers on its I/O thread; every delivery is handed to one worker thread, which decrypts it,
 writes it to the store and settles it: ack once the store wrote it (or refused it as older),
-reject without requeue when it cannot be decoded or stored. A delivery of a connection that was
+reject without requeue when it cannot be decoded or is not a valid update (a version that is not a
+finite integer, or later than now + 1 day), reject WITH requeue after a growing pause (0.5 s
+doubling to 30 s) when the store cannot be reached or written: an update is never dropped
+because the store blipped. A delivery of a connection that was
 lost before it was handled is left alone: the broker redelivers it on the new connection.
 """
 
@@ -15,7 +18,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from queue import SimpleQueue
 from types import FrameType
 from typing import Any
@@ -30,6 +33,8 @@ from oarlock.protocol.outgoing import protocol_version_of
 from oarlock.redact import redact_text
 
 log = logging.getLogger("oarlock.keys.service")
+STORE_RETRY_FIRST_SECONDS = 0.5
+STORE_RETRY_MAX_SECONDS = 30.0
 
 
 def broker_name(amqp_uri: str) -> str:
@@ -84,6 +89,7 @@ class KeysService:
         reconnect_max_seconds: float = 30.0,
         quiet_seconds: float = 0.5,
         grace_seconds: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.amqp_uri = amqp_uri
@@ -97,6 +103,9 @@ class KeysService:
         self.stored = 0
         self.refused = 0
         self.rejected = 0
+        self.requeued = 0  # left for redelivery because the store could not take them
+        self._store_failures = 0  # in a row: the pause before requeueing grows with it
+        self._sleep = sleep
         self._stopping = False  # a plain flag: set from a signal handler
         self._lock = threading.Lock()
         self._in_flight = 0  # delivered, not yet handled
@@ -223,10 +232,22 @@ class KeysService:
             return
         try:
             written = self.handle(delivery.body, dict(delivery.headers))
-        except (DecodeError, KeyStoreError) as exc:
+        except DecodeError as exc:
             self.rejected += 1
             log.error("updateKeys message rejected: %s", redact_text(str(exc)))
             transport.reject(delivery, requeue=False)
+            return
+        except KeyStoreError as exc:  # the store, not the message: it goes back to the queue, never dropped
+            self.requeued += 1
+            self._store_failures += 1
+            delay = min(STORE_RETRY_MAX_SECONDS, STORE_RETRY_FIRST_SECONDS * 2 ** min(self._store_failures - 1, 10))
+            log.warning(
+                "the keys store cannot take an updateKeys now (%s): the message goes back to the queue in %g s",
+                redact_text(str(exc)),
+                delay,
+            )
+            self._sleep(delay)  # this thread only: nothing can be stored until the store answers
+            transport.reject(delivery, requeue=True)
             return
         except Exception as exc:  # one bad message must not end the service
             self.rejected += 1
@@ -234,6 +255,7 @@ class KeysService:
             log.debug("unexpected failure while handling an updateKeys message", exc_info=True)
             transport.reject(delivery, requeue=False)
             return
+        self._store_failures = 0
         if written:
             self.stored += 1
         else:

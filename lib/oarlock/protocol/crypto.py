@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from oarlock.errors import ConfigurationError, DecodeError
-from oarlock.jsonlimits import loads
+from oarlock.jsonlimits import MAX_DEPTH, check_depth
 
 _BLOCK = 16
 
@@ -60,19 +60,27 @@ class MessageCipher:
         pad = _BLOCK - len(plain) % _BLOCK  # PKCS#7: 1 to 16 bytes, each holding the count
         encryptor = self._cipher.encryptor()
         raw = encryptor.update(plain + bytes((pad,)) * pad) + encryptor.finalize()
-        if protocol_version == 2:
+        if protocol_version >= 2:
             return raw
         return base64.b64encode(raw)
 
     def decrypt(self, body: bytes, protocol_version: int = 1) -> Any:
         """Decrypt an AMQP body into the JSON value it carries; DecodeError names the failing step."""
         text = self.decrypt_text(body, protocol_version)
-        return loads(text, what="message", invalid="message is not valid JSON after decryption")
+        try:
+            value = json.loads(text)
+        except RecursionError:
+            raise DecodeError(f"message is nested deeper than {MAX_DEPTH} levels") from None
+        except ValueError as exc:
+            raise DecodeError(f"message is not valid JSON after decryption: {exc.args[0]}") from None
+        if text.count("[") + text.count("{") > MAX_DEPTH:  # only then can it nest that deep: walk it
+            check_depth(value, what="message")
+        return value
 
     def decrypt_text(self, body: bytes, protocol_version: int = 1) -> str:
         if self._cipher is None:
             return _utf8(body, "message body")
-        if protocol_version == 2:
+        if protocol_version >= 2:
             raw = bytes(body)
         else:
             try:

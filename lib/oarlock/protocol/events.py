@@ -120,6 +120,8 @@ MESSAGE_FIELDS = frozenset({"id", "body", "headers", "attachments", "passthrough
 def _as_message(payload: Any) -> Message:
     if isinstance(payload, Message):
         return payload
+    if isinstance(payload, BaseException):  # sailor's idiom emit("rebound", err): its message is the reason
+        return Message(body={"message": str(payload)})
     if isinstance(payload, dict) and "body" in payload and payload.keys() <= MESSAGE_FIELDS:
         return Message.from_dict(payload)
     return Message(body=payload if payload is not None else {})

@@ -5,7 +5,8 @@
 
 - ``data``: the message encrypted with the step's protocol version, to ``x-eio-routing-key``
   (popped from the message's headers) or the data routing key; with a passthrough step the
-  input (without its own passthrough) is kept under ``passthrough[STEP_ID]``;
+  step's output (without its passthrough) is kept under ``passthrough[STEP_ID]``, over the
+  input's passthrough (with ``NO_SELF_PASSTRHOUGH``: the input under the sending step's id);
 - ``error``: ``{"error": <encrypted error>, "errorInput": …}`` to the error routing key, and
   the encrypted error to ``reply_to`` (``x-eio-error-response``) unless error replies are off;
 - ``rebound``: the original body with growing expiration (``2^(n-1) * initial``), or past the
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from oarlock.amqp.types import Outgoing, SignedByte, now_ms
@@ -53,12 +54,19 @@ class InputView:
     content_encoding: str | None = None
     delivery_mode: int | None = None
     protocol_version: int = 1  # the input's, once read (protocol_version_of)
-    message_id: str = field(default_factory=new_id)  # the id of every outgoing message but data (as sailor)
+    message_id: str | None = None  # the id of every outgoing message but data (as sailor); made when first needed
+
+    def outgoing_id(self) -> str:
+        if self.message_id is None:
+            self.message_id = new_id()
+        return self.message_id
 
 
 def protocol_version_of(incoming: Mapping[str, Any]) -> int:
     """The ``protocolVersion`` header as an integer (1 when absent); DecodeError naming a bad value."""
     value = incoming.get("protocolVersion")
+    if type(value) is int:
+        return value or 1
     if value is None or value == "" or value == b"":
         return 1
     if isinstance(value, bool) or not isinstance(value, (int, str, bytes)):
@@ -88,6 +96,7 @@ class OutgoingEncoder:
         self.cipher = cipher
         self.is_passthrough = is_passthrough
         self._clock_ms = clock_ms
+        self._version = SignedByte(settings.protocol_version)
 
     def encode(self, view: InputView, event: Event) -> Encoded:
         """The messages one event becomes (none for ``end``); EncodeError when it cannot be published."""
@@ -120,10 +129,17 @@ class OutgoingEncoder:
         if self.is_passthrough:
             # as sailor 2.7.8: the step's output without its passthrough, over the input's passthrough
             incoming = (view.message.passthrough if view.message is not None else None) or {}
-            own = {k: v for k, v in wire.items() if k != "passthrough"}
-            wire["passthrough"] = (
-                {**incoming} if self.settings.no_self_passthrough else {**incoming, self.settings.step_id: own}
-            )
+            if self.settings.no_self_passthrough:
+                # sailor: the step does not add itself; the input is kept under the step that sent it
+                passthrough = dict(incoming)
+                sender = view.incoming.get("stepId")
+                if sender and view.message is not None:
+                    sent = wire_message(view.message)
+                    passthrough[str(sender)] = {k: v for k, v in sent.items() if k != "passthrough"}
+                wire["passthrough"] = passthrough
+            else:
+                own = {k: v for k, v in wire.items() if k != "passthrough"}
+                wire["passthrough"] = {**incoming, self.settings.step_id: own}
         body = self.cipher.encrypt(wire, self.settings.protocol_version)
         self._check_size(body, "data")
         return self._to(routing_key, body, self.headers(view, message_id=message.id, end=True, version=True))
@@ -140,18 +156,18 @@ class OutgoingEncoder:
         out = [self._to(self.settings.error_routing_key, dumps(body).encode(), self.headers(view, end=True))]
         reply_to = view.incoming.get("reply_to")
         if reply_to and not self.settings.no_error_replies:
-            reply_headers = {**self.headers(view), "x-eio-error-response": True}
+            reply_headers = {**self.headers(view, end=True), "x-eio-error-response": True}
             out.append(self._to(str(reply_to), encrypted_error.encode(), reply_headers))
         return out
 
     def rebound(self, view: InputView, payload: Any) -> Outgoing | None:
         """The input again, delayed; None once the rebound limit is passed."""
-        iteration = int(view.incoming.get("reboundIteration") or 0) + 1
+        iteration = _int_header(view.incoming.get("reboundIteration")) + 1
         if iteration > self.settings.rebound_limit:
             return None
         expiration = str(2 ** (iteration - 1) * self.settings.rebound_initial_expiration)
-        # the outgoing header set (a new messageId, parentMessageId = this input) like sailor, but the body is the
-        # original bytes, so its protocolVersion is the incoming one
+        # this step's outgoing header set (parentMessageId = this input), the body the original bytes, so its
+        # protocolVersion is the incoming one (sailor re-publishes the input's own headers: docs/protocol.md)
         headers = {
             **self.headers(view, version=True, value=view.protocol_version),
             "reboundIteration": iteration,
@@ -199,11 +215,11 @@ class OutgoingEncoder:
         Like sailor, every message of one input but data (which carries its body's id) has the same
         ``messageId``; error and snapshot messages carry no ``protocolVersion``; it is a signed byte.
         """
-        headers = {**view.head, "messageId": message_id or view.message_id, **view.tail}
+        headers = {**view.head, "messageId": message_id or view.outgoing_id(), **view.tail}
         if end:
             headers["end"] = self._clock_ms()
         if version:
-            headers["protocolVersion"] = SignedByte(self.settings.protocol_version if value is None else value)
+            headers["protocolVersion"] = self._version if value is None else SignedByte(value)
         return headers
 
     def _to(self, routing_key: str, body: bytes, headers: dict[str, Any]) -> Outgoing:
@@ -220,19 +236,30 @@ class OutgoingEncoder:
             )
 
 
+def _int_header(value: Any) -> int:
+    """An integer header such as ``reboundIteration``; 0 when absent or not a number."""
+    if isinstance(value, bool):
+        return 0
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 def wire_message(message: Message) -> dict[str, Any]:
     """A data message as sailor writes it: ``{id, attachments, body, headers, metadata}``, then passthrough and extras."""
-    extra = dict(message.extra)
+    extra = message.extra
     out: dict[str, Any] = {
         "id": message.id,
         "attachments": message.attachments,
         "body": message.body,
         "headers": message.headers,
-        "metadata": extra.pop("metadata", None) or {},
+        "metadata": (extra.get("metadata") if extra else None) or {},
     }
     if message.passthrough is not None:
         out["passthrough"] = message.passthrough
-    out.update(extra)
+    if extra:
+        out.update((key, value) for key, value in extra.items() if key != "metadata")
     return out
 
 

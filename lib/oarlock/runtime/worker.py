@@ -36,7 +36,7 @@ from oarlock.errors import (
     TimeLimitExceeded,
     TransportError,
 )
-from oarlock.keys.platform_api import AccountsApi
+from oarlock.keys.platform_api import AccountsApi, platform_keys
 from oarlock.protocol.crypto import MessageCipher
 from oarlock.protocol.events import Event, EventName, error_payload
 from oarlock.protocol.headers import OutgoingHeaders
@@ -92,8 +92,13 @@ class _JobSink:
     def emit(self, event: Event) -> None:
         job = self._job
         with job.lock:
-            if job.state == "timed_out":
-                log.info("event %s emitted after the time limit of its input: dropped", event.name.value)
+            if job.state != "running":
+                # after the time limit, or from a thread the function left behind after it returned
+                log.warning(
+                    "event %s emitted after its input was %s: dropped",
+                    event.name.value,
+                    "timed out" if job.state == "timed_out" else "finished",
+                )
                 return
             self._worker._publish_event(job, event)
 
@@ -234,12 +239,16 @@ class Worker:
                 return
             if job.view.message is not None:
                 self._run(job, started)
-        except Exception:
+        except Exception as exc:
             if job is not None and not job.finish():
                 return  # the time limit settled it already
-            log.exception("unexpected failure while processing a delivery: it stays unsettled for redelivery")
-            message_id = delivery.headers.get("messageId")
-            self._release(str(message_id) if message_id else None)
+            log.exception("unexpected failure while processing a delivery: it is requeued after a backoff")
+            if job is None:  # not even registered: leave it to the broker's redelivery of the connection
+                message_id = delivery.headers.get("messageId")
+                self._release(str(message_id) if message_id else None)
+                return
+            job.retry_later = OarlockError(f"unexpected {type(exc).__name__} while processing the message")
+            self._when_confirmed(job, lambda: self._leave_for_redelivery(job, started))
             return
         if not job.finish():
             return  # the time limit settled it already; what the function emitted since was dropped
@@ -276,6 +285,8 @@ class Worker:
             view.protocol_version = protocol_version_of(incoming)
             view.content = self.cipher.decrypt(delivery.body, view.protocol_version)
             view.message = Message.from_dict(view.content)
+            if incoming.get("reply_to") and "reply_to" not in view.message.headers:
+                view.message.headers["reply_to"] = incoming["reply_to"]  # as sailor: the function sees where to reply
         except DecodeError as exc:
             log.error("cannot decode message: %s", exc, extra={"messageId": job.message_id})
             self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
@@ -291,8 +302,15 @@ class Worker:
         job.retry_later = result.retry_later
 
     def _on_time_limit(self, job: _Job, started: float, limit: float) -> None:
-        """I/O thread: the function still runs after ``limit`` seconds: an error event, then a reject."""
-        with job.lock:
+        """I/O thread: the function still runs after ``limit`` seconds: an error event, then a reject.
+
+        Never blocks the I/O thread: while the function's thread holds the job (publishing an event,
+        a PUT with its retries) the check comes back a moment later.
+        """
+        if not job.lock.acquire(blocking=False):
+            self.transport.call_later(0.05, lambda: self._on_time_limit(job, started, limit))
+            return
+        try:
             if job.state != "running":
                 return
             job.state = "timed_out"
@@ -307,6 +325,8 @@ class Worker:
                 f"the function did not finish within the time limit of {limit:g} s (ELASTICIO_MESSAGE_TIME_LIMIT)"
             )
             self._publish_event(job, Event(EventName.ERROR, error_payload(error)))
+        finally:
+            job.lock.release()
         self._when_confirmed(job, lambda: self._on_confirmed(job, started, retried=False))
 
     def _leave_for_redelivery(self, job: _Job, started: float) -> None:
@@ -464,14 +484,6 @@ class Worker:
 
     def _send(self, job: _Job, message: Outgoing) -> None:
         job.confirms.append(self.transport.publish(message))
-
-
-def platform_keys(payload: dict[str, Any]) -> dict[str, Any]:
-    """What the platform stores under ``keys``: oarlock's own refresh sends its merged token set as ``oauth``;
-    an updateKeys a component emitted sailor's way is sent as it was emitted (sailor's body)."""
-    if "version" in payload and "account" in payload and isinstance(payload.get("oauth"), dict):
-        return {"oauth": payload["oauth"]}
-    return {key: value for key, value in payload.items() if key not in ("account", "version", "response", "persist")}
 
 
 def _first_failure(confirms: list[Confirm]) -> BaseException | None:
