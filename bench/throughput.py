@@ -4,7 +4,7 @@
 
 Two like-for-like pairs, each on 1 KB messages, prefetch 100, publisher confirms on:
 
-1. Plaintext (no ELASTICIO_MESSAGE_CRYPTO_PASSWORD: PROTOCOL.md §4 lets the JSON text pass):
+1. Plaintext (no ELASTICIO_MESSAGE_CRYPTO_PASSWORD: docs/protocol.md §5 lets the JSON text pass):
    the raw pika ceiling, a minimal SelectConnection consumer that publishes each message and
    acks it after the broker's confirm, against `oarlock run --burst` with a pass-through action.
 2. Encrypted (sailor's AES scheme): the same raw loop also doing what the wire contract requires

@@ -1,4 +1,4 @@
-"""ELASTICIO_* parsing (PROTOCOL.md §1) and the outgoing header set (§3)."""
+"""ELASTICIO_* parsing (docs/protocol.md §1) and the outgoing header set (§4)."""
 
 from __future__ import annotations
 

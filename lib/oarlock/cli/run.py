@@ -47,7 +47,7 @@ def run_command(
     grace: float | None,
     time_limit: float | None,
 ) -> None:
-    """Consume ELASTICIO_LISTEN_MESSAGES_ON and publish what the function emits (PROTOCOL.md)."""
+    """Consume ELASTICIO_LISTEN_MESSAGES_ON and publish what the function emits (docs/protocol.md)."""
     from oarlock.amqp.transport import AmqpTransport, hot_path_enabled
     from oarlock.component.model import Component
     from oarlock.credentials.manager import CredentialManager

@@ -1,4 +1,4 @@
-"""sailor-compatible message encryption (PROTOCOL.md §4).
+"""sailor-compatible message encryption (docs/protocol.md §5).
 
 AES-256-CBC with PKCS#7 padding; key = SHA-256 of the UTF-8 password; IV = the
 16 UTF-8 bytes of the configured IV, the same for every message. Protocol

@@ -1,6 +1,6 @@
 """The events a function may emit, and the emitter it sees as ``ctx.emit``.
 
-The event set is PROTOCOL.md §5. Payloads are normalised here so that every
+The event set is docs/protocol.md §6. Payloads are normalised here so that every
 transport (local JSONL, RabbitMQ) sees the same shapes:
 
 - ``data`` / ``rebound``: a :class:`~oarlock.protocol.message.Message`. A function may

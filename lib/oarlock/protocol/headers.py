@@ -1,4 +1,4 @@
-"""Outgoing AMQP headers (PROTOCOL.md §3), the same set sailor sends."""
+"""Outgoing AMQP headers (docs/protocol.md §4), the same set sailor sends."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Event -> what goes on the wire: routing key, body, headers, expiration (PROTOCOL.md §3, §5). No I/O.
+"""Event -> what goes on the wire: routing key, body, headers, expiration (docs/protocol.md §3, §4, §6). No I/O.
 
 :class:`OutgoingEncoder` turns one event a function emitted for one input into the
 :class:`~oarlock.amqp.types.Outgoing` messages sailor publishes for it:

@@ -1,4 +1,4 @@
-"""The ELASTICIO_* environment of a worker, parsed exactly as PROTOCOL.md §1 says.
+"""The ELASTICIO_* environment of a worker, parsed exactly as docs/protocol.md §1 says.
 
 Required variables missing -> EnvironmentConfigError naming the first one missing. Numbers
 parse as integers (a bad value falls back to the default); booleans: unset is the default,
@@ -127,7 +127,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str], *, api_optional: bool = False) -> Settings:
         def need(name: str) -> str:
             value = env.get(PREFIX + name)
-            # the crypto pair must be present, but may be empty: no password means plaintext (PROTOCOL.md §4)
+            # the crypto pair must be present, but may be empty: no password means plaintext (docs/protocol.md §5)
             if value is None or (value == "" and name not in CRYPTO):
                 raise EnvironmentConfigError(f"{PREFIX}{name} is required but not set")
             return value

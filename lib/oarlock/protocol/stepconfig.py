@@ -1,4 +1,4 @@
-"""Step config and snapshot (PROTOCOL.md §2): what a step document holds. No I/O.
+"""Step config and snapshot (docs/protocol.md §2): what a step document holds. No I/O.
 
 Where the document comes from (``--cfg FILE``, ``ELASTICIO_CFG``, the platform API) is
 :mod:`oarlock.runtime.steploader`.

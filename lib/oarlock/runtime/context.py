@@ -31,7 +31,7 @@ RefreshHook = Callable[[dict[str, Any], dict[str, Any]], Any]
 class Context:
     """Injected into every call of ``process(msg, cfg, snapshot, ctx)``.
 
-    - ``ctx.emit(event, payload)``: emit an event (PROTOCOL.md §5) into the call's sink; unknown names
+    - ``ctx.emit(event, payload)``: emit an event (docs/protocol.md §6) into the call's sink; unknown names
       raise EmitError. The credential manager emits its updateKeys into the same sink.
     - ``ctx.http``: a ``requests.Session`` whose auth keeps the OAuth2 credential of ``cfg`` alive
       (proactive refresh, refresh + one resend on 401) and sends the token only to the credential's

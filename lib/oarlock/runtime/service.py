@@ -1,4 +1,4 @@
-"""sailor's service mode (PROTOCOL.md §7): verifyCredentials, getMetaModel, selectModel.
+"""sailor's service mode (docs/protocol.md §8): verifyCredentials, getMetaModel, selectModel.
 
 Reads cfg from ``ELASTICIO_CFG`` (JSON) and POSTs ``{"status": "success", "data": …}`` or
 ``{"status": "error", "data": {"message": …}}`` to ``ELASTICIO_POST_RESULT_URL``.

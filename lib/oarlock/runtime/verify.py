@@ -1,4 +1,4 @@
-"""Credential verification (PROTOCOL.md §7): run a component's ``verify_credentials.py``.
+"""Credential verification (docs/protocol.md §8): run a component's ``verify_credentials.py``.
 
 ``verify(cfg)`` (or ``verify(cfg, ctx)``) may return a bool, a dict (``{"verified": …,
 "reason": …}``; a dict without ``verified`` counts as verified), or raise: the exception
