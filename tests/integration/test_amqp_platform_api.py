@@ -106,18 +106,18 @@ def test_the_step_config_comes_from_the_platform_api_and_update_keys_can_also_be
 
 
 def run_on_a_sailor_platform(
-    platform: str, broker: BrokerSandbox, cfg: dict[str, Any]
+    platform: str, broker: BrokerSandbox, cfg: dict[str, Any], function: str = "api", *args: str
 ) -> subprocess.CompletedProcess[str]:
     """The environment a sailor container gets: step cfg from the platform API, no updateKeys binding."""
     FakePlatform.step = {"config": cfg, "snapshot": {}, "is_passthrough": False}
     env = {
         **os.environ,
-        **broker.env("api"),
+        **broker.env(function),
         "ELASTICIO_API_URI": platform,
         "ELASTICIO_UPDATE_KEYS_ROUTING_KEY": "nothing-is-bound-to-this-key",  # as on a platform built for sailor
     }
     return subprocess.run(
-        [sys.executable, "-m", "oarlock", "run", "--component", str(TEST_COMPONENTS / "amqp"), "--burst"],
+        [sys.executable, "-m", "oarlock", "run", "--component", str(TEST_COMPONENTS / "amqp"), "--burst", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -158,3 +158,22 @@ def test_on_a_sailor_platform_a_put_that_fails_is_an_error_message_and_a_reject_
     assert len(FakePlatform.puts) == attempts
     message = broker.cipher.decrypt(json.loads(error.body)["error"].encode())["message"]
     assert f"HTTP {statuses[0]} after {attempts} attempt" in message and "acct-sailor" in message
+
+
+def test_a_component_refreshing_the_sailor_way_has_each_emitted_update_merged_and_put_once(platform: str) -> None:
+    with DevProvider(rotation="single-use", ttl=0.4, latency_ms=15) as provider, BrokerSandbox() as broker:
+        cfg = provider_cfg(provider, account="acct-by-hand")
+        for n in range(200):
+            broker.publish_input({"body": {"n": n}})
+        done = run_on_a_sailor_platform(platform, broker, cfg, "sailor_refresh", "--concurrency", "16")
+        assert done.returncode == 0, done.stderr[-3000:]
+        data = broker.take("data", 200)
+        stats = provider.stats()
+        assert broker.count("error") == 0 and broker.count("in") == 0
+    assert sorted(d.decrypted()["body"]["n"] for d in data) == list(range(200))
+    print(f"sailor-style component: {stats['refresh_calls']} refreshes, {len(FakePlatform.puts)} PUTs")
+    assert stats["invalid_grant"] == 0 and stats["refresh_calls"] >= 1
+    # every refresh the component made reached the platform once, as the merged token set of cfg._account
+    assert len(FakePlatform.puts) == stats["refresh_calls"]
+    assert {path for path, _body, _auth in FakePlatform.puts} == {"/v1/accounts/acct-by-hand"}
+    assert all(body["keys"]["oauth"]["refresh_token"] for _path, body, _auth in FakePlatform.puts)

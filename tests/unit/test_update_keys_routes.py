@@ -162,3 +162,43 @@ def test_update_keys_via_api_means_both_routes_and_a_bad_routes_value_is_named()
     assert settings_for("api", ELASTICIO_UPDATE_KEYS_ROUTES="amqp").routes_for(cfg_from_api=True) == {"amqp"}
     with pytest.raises(EnvironmentConfigError, match="ELASTICIO_UPDATE_KEYS_ROUTES must name api, amqp or both"):
         settings_for("api", ELASTICIO_UPDATE_KEYS_ROUTES="kafka")
+
+
+def test_an_update_keys_a_component_emits_the_sailor_way_is_merged_versioned_stored_and_put(
+    tmp_path: Any, platform: StubPlatform
+) -> None:
+    from oarlock.credentials.manager import CredentialManager
+    from oarlock.keys.sqlite import SqliteKeyStore
+    from oarlock.protocol.events import EventList
+    from oarlock.protocol.message import Message
+    from oarlock.runtime.context import Context
+
+    store = SqliteKeyStore(tmp_path / "keys.sqlite")
+    manager = CredentialManager(coordinator=store)
+    cfg = {"_account": "acct-hand", "oauth": {"access_token": "old-a", "refresh_token": "old-r", "expires_in": 60}}
+    prepared = manager.newest_cfg(cfg)
+    sink = EventList()
+    ctx = Context(
+        sink=sink,
+        message=Message(),
+        cfg=prepared,
+        snapshot={},
+        logger=__import__("logging").getLogger("t"),
+        credentials=manager,
+    )
+    ctx.emit(
+        "updateKeys", {"oauth": {"access_token": "new-a", "refresh_token": "new-r", "expires_in": 60}, "tenant": "t1"}
+    )
+    (event,) = sink.events
+    assert event.persisted and event.payload["account"] == "acct-hand" and event.payload["version"] > 0
+    assert event.payload["oauth"]["access_token"] == "new-a" and event.payload["tenant"] == "t1"
+    assert manager.newest_cfg(cfg)["oauth"]["access_token"] == "new-a"  # the next messages use it
+    stored = store.get("acct-hand")
+    assert stored is not None and stored.oauth["refresh_token"] == "new-r"
+    api = AccountsApi(platform.url, "u", "k")
+    from oarlock.keys.platform_api import platform_keys
+
+    api.put_keys("acct-hand", platform_keys(event.payload))
+    ((path, body, _auth),) = platform.puts
+    assert path == "/v1/accounts/acct-hand" and set(body["keys"]) == {"oauth", "tenant"}
+    store.close()

@@ -83,8 +83,7 @@ class AccountsApi:
 
 
 def platform_keys(payload: dict[str, Any]) -> dict[str, Any]:
-    """What the platform stores under ``keys``: oarlock's own refresh sends its merged token set as ``oauth``;
-    an updateKeys a component emitted sailor's way is sent as it was emitted (sailor's body)."""
-    if "version" in payload and "account" in payload and isinstance(payload.get("oauth"), dict):
-        return {"oauth": payload["oauth"]}
+    """What the platform stores under ``keys``: the payload without oarlock's bookkeeping (``account``,
+    ``version``, ``response``, ``persist``): the merged token set as ``oauth`` and whatever a component
+    emitted beside it (sailor PUTs the emitted object)."""
     return {key: value for key, value in payload.items() if key not in ("account", "version", "response", "persist")}

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from oarlock.credentials.auth import authorized_session, static_session
+from oarlock.credentials.emitted import accept_emitted, is_component_update
 from oarlock.credentials.manager import account_of
-from oarlock.protocol.events import EventSink, normalise
+from oarlock.protocol.events import EventName, EventSink, normalise
 from oarlock.protocol.message import Message
 
 if TYPE_CHECKING:
@@ -64,7 +65,16 @@ class Context:
         self._bound: BoundCredential | None = None
 
     def emit(self, event: str, payload: Any = None) -> None:
-        self._sink.emit(normalise(event, payload))
+        normalised = normalise(event, payload)
+        if (
+            normalised.name is EventName.UPDATE_KEYS
+            and self._credentials is not None
+            and self.has_oauth
+            and is_component_update(normalised.payload)
+        ):
+            # sailor's way of persisting a hand-made refresh: merged into the credential, versioned, stored
+            normalised = accept_emitted(self._credentials, self.cfg, normalised.payload)
+        self._sink.emit(normalised)
 
     @property
     def has_oauth(self) -> bool:
