@@ -13,7 +13,8 @@ Two like-for-like pairs, each on 1 KB messages, prefetch 100, publisher confirms
 
 For context: oarlock at concurrency 1, oarlock with its AMQP hot path off
 (``OARLOCK_AMQP_HOT_PATH=off``: plain pika for every frame; the ratio off / on is printed per
-round), and the raw loop using oarlock's transport techniques (coalesced writes, multiple acks). Then the I/O-bound case: an action making one call to the dev
+round), and the raw loop using oarlock's transport techniques (coalesced writes, multiple acks). Then one updateKeys per message, through the AMQP route and through sailor's PUT route (a
+keep-alive stub of the platform API in this process), next to raw pika. Then the I/O-bound case: an action making one call to the dev
 provider's API with 50 ms added latency, at concurrency 1, 16 and 64.
 
 Every runner is measured ``--rounds`` times, the rounds interleaved (a 2-core machine's speed
@@ -30,8 +31,10 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +242,48 @@ def io_bound(counts: dict[int, int]) -> list[tuple[int, float]]:
     return rows
 
 
+class _AcceptPuts(BaseHTTPRequestHandler):
+    """The platform's account route as a sailor platform serves it: every PUT answered 200."""
+
+    protocol_version = "HTTP/1.1"
+    puts = 0
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).puts += 1
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+def update_keys_case(count: int, prefetch: int) -> list[tuple[str, float]]:
+    """msgs/s with one updateKeys per message through the AMQP route and through sailor's PUT route."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AcceptPuts)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_address[1]}"
+    cfg = {"_account": "bench", "oauth": {"access_token": "bench-access", "refresh_token": "bench-refresh"}}
+    rows = []
+    try:
+        with BrokerSandbox() as broker:
+            prefill(broker, count)
+            rows.append(("raw pika (the ceiling, no update)", run_raw(broker, count, prefetch=prefetch)))
+            for label, routes in (("oarlock, updateKeys over AMQP", "amqp"), ("oarlock, updateKeys PUT", "api")):
+                prefill(broker, count)
+                extra = {"ELASTICIO_UPDATE_KEYS_ROUTES": routes, "ELASTICIO_API_URI": api}
+                rate, _ = run_oarlock(
+                    broker, "keys", count, prefetch=prefetch, concurrency=prefetch, cfg=cfg, extra_env=extra
+                )
+                broker.channel.queue_purge(broker.queues["updateKeys"])
+                rows.append((label, rate))
+    finally:
+        server.shutdown()
+        server.server_close()
+    return rows
+
+
 RUNNERS = {
     "raw": "raw pika (consume, publish, ack after confirm)",
     "oarlock_plain": "oarlock run, concurrency {prefetch} (the default: the prefetch)",
@@ -312,12 +357,19 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--io-messages", type=int, default=400)
+    parser.add_argument("--keys-messages", type=int, default=5000)
     args = parser.parse_args()
     rounds = []
     with BrokerSandbox(password=None, iv=None) as plain, BrokerSandbox() as encrypted:
         for _ in range(args.rounds):
             rounds.append(one_round(plain, encrypted, args.messages, args.prefetch))
     print_throughput(rounds, args.messages, args.prefetch)
+    rows_keys = update_keys_case(args.keys_messages, args.prefetch)
+    print(f"\n### One updateKeys per message ({args.keys_messages} messages, prefetch {args.prefetch})\n")
+    print("| runner | msgs/s | ratio to raw pika |")
+    print("| --- | ---: | ---: |")
+    for label, rate_keys in rows_keys:
+        print(f"| {label} | {rate_keys:,.0f} | {rate_keys / rows_keys[0][1]:.2f} |")
     counts = {1: max(40, args.io_messages // 10), 16: args.io_messages, 64: args.io_messages * 2}
     rows = io_bound(counts)
     print("\n### I/O-bound: one API call with 50 ms latency per message\n")

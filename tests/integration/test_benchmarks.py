@@ -32,7 +32,9 @@ NUMBER = re.compile(r"^[\d,]+(\.\d+)?$")
 
 
 def test_the_throughput_benchmark_prints_both_pairs_their_ratios_and_the_io_bound_case() -> None:
-    output = run_bench("bench/throughput.py", "--messages", "300", "--rounds", "1", "--io-messages", "40")
+    output = run_bench(
+        "bench/throughput.py", "--messages", "300", "--rounds", "1", "--io-messages", "40", "--keys-messages", "200"
+    )
     rows = table_rows(output)
     runners = {(row[0], row[1]) for row in rows if row[0] in ("plaintext", "encrypted")}
     assert ("plaintext", "raw pika (consume, publish, ack after confirm)") in runners
@@ -52,6 +54,13 @@ def test_the_throughput_benchmark_prints_both_pairs_their_ratios_and_the_io_boun
     assert re.search(r"^encrypted: oarlock / raw pika per round [\d.]+ \(median [\d.]+\)$", output, re.M)
     assert re.search(r"^encrypted oarlock, hot path off / on per round [\d.]+ \(median [\d.]+\)$", output, re.M)
     assert re.search(r"^peak RSS of any oarlock run [\d.]+ MB$", output, re.M)
+    keys_rows = {row[0]: row for row in rows if row[0].startswith(("raw pika (the ceiling", "oarlock, updateKeys"))}
+    assert sorted(keys_rows) == [
+        "oarlock, updateKeys PUT",
+        "oarlock, updateKeys over AMQP",
+        "raw pika (the ceiling, no update)",
+    ]
+    assert all(NUMBER.match(row[1]) and NUMBER.match(row[2]) for row in keys_rows.values())
     io_rows = {row[0]: row for row in rows if row[0] in ("1", "16", "64")}
     assert sorted(io_rows) == ["1", "16", "64"]
     assert all(NUMBER.match(row[2]) and float(row[2].replace(",", "")) > 0 for row in io_rows.values())
