@@ -39,6 +39,7 @@ class StubPlatform(ThreadingHTTPServer):
     def __init__(self, step: dict[str, Any]) -> None:
         self.step = step
         self.requests: list[tuple[str, str]] = []
+        self.puts: list[tuple[str, Any]] = []
         super().__init__(("127.0.0.1", 0), _Handler)
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
@@ -63,6 +64,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_PUT(self) -> None:
+        self.server.requests.append(("PUT", self.path))
+        self.server.puts.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -219,3 +228,26 @@ def test_an_error_message_matches_sailors_with_no_protocol_version_and_the_input
     assert error["message"] == expected["message"]
     assert made.cipher.decrypt(outer["errorInput"].encode()) == theirs["body_decrypted"]["errorInput"]
     assert made.channel.queue_declare(made.input_queue, passive=True).method.message_count == 0  # rejected
+
+
+@pytest.mark.parametrize("replay", ["capture-refresh.json"], indirect=True)
+def test_a_component_update_keys_is_put_to_the_account_as_sailor_does_and_only_data_is_published(
+    replay: tuple[Replay, StubPlatform],
+) -> None:
+    made, api = replay
+    made.publish_input()
+    done = made.run(api.url)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ((routing_key, _props, headers, body),) = published_by_oarlock(made)
+    (theirs,) = made.capture["published"]
+    assert routing_key == theirs["routing_key"]
+    compare_headers(headers, theirs["headers"], theirs["header_order"])
+    ours = made.cipher.decrypt(body)
+    assert list(ours) == list(theirs["body_decrypted"]) and ours["body"] == theirs["body_decrypted"]["body"]
+    (sailors_put,) = made.capture["account_updates"]
+    ((path, put_body),) = api.puts
+    assert path == sailors_put["path"] and list(put_body) == ["keys"]
+    emitted = sailors_put["body"]["keys"]["oauth"]
+    # oarlock PUTs the merged token set: every field sailor sent, plus its own bookkeeping (docs/protocol.md §10)
+    assert {k: put_body["keys"]["oauth"][k] for k in emitted} == emitted
+    assert [m for m, _p in api.requests] == ["GET", "PUT"]
