@@ -176,13 +176,9 @@ def compare_properties(props: Any, theirs: dict[str, Any]) -> None:
         assert getattr(props, name) == theirs[name], name
 
 
-@pytest.mark.parametrize(
-    "replay", ["capture-passthrough.json", "capture-passthrough.is_passthrough.json"], indirect=True
-)
-def test_a_data_message_matches_sailors_in_routing_key_properties_header_order_and_body_structure(
-    replay: tuple[Replay, StubPlatform],
-) -> None:
-    made, api = replay
+def run_and_compare_envelope(made: Replay, api: StubPlatform) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
+    """Replay the capture's input through ``oarlock run``: the one message published must match sailor's in
+    routing key, properties and headers; returns its headers and body and sailor's published record."""
     made.publish_input()
     done = made.run(api.url)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -191,6 +187,17 @@ def test_a_data_message_matches_sailors_in_routing_key_properties_header_order_a
     assert routing_key == theirs["routing_key"]
     compare_properties(props, theirs["properties"])
     compare_headers(headers, theirs["headers"], theirs["header_order"])
+    return headers, body, theirs
+
+
+@pytest.mark.parametrize(
+    "replay", ["capture-passthrough.json", "capture-passthrough.is_passthrough.json"], indirect=True
+)
+def test_a_data_message_matches_sailors_in_routing_key_properties_header_order_and_body_structure(
+    replay: tuple[Replay, StubPlatform],
+) -> None:
+    made, api = replay
+    headers, body, theirs = run_and_compare_envelope(made, api)
     ours = made.cipher.decrypt(body)
     expected = theirs["body_decrypted"]
     assert list(ours) == list(expected), "the data body's keys and their order"
@@ -211,14 +218,7 @@ def test_an_error_message_matches_sailors_with_no_protocol_version_and_the_input
     replay: tuple[Replay, StubPlatform],
 ) -> None:
     made, api = replay
-    made.publish_input()
-    done = made.run(api.url)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ((routing_key, props, headers, body),) = published_by_oarlock(made)
-    (theirs,) = made.capture["published"]
-    assert routing_key == theirs["routing_key"]
-    compare_properties(props, theirs["properties"])
-    compare_headers(headers, theirs["headers"], theirs["header_order"])
+    headers, body, theirs = run_and_compare_envelope(made, api)
     assert "protocolVersion" not in headers
     outer = json.loads(body)
     assert list(outer) == theirs["body_decrypted"]["outer_json_keys"]
@@ -235,13 +235,7 @@ def test_a_component_update_keys_is_put_to_the_account_as_sailor_does_and_only_d
     replay: tuple[Replay, StubPlatform],
 ) -> None:
     made, api = replay
-    made.publish_input()
-    done = made.run(api.url)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ((routing_key, _props, headers, body),) = published_by_oarlock(made)
-    (theirs,) = made.capture["published"]
-    assert routing_key == theirs["routing_key"]
-    compare_headers(headers, theirs["headers"], theirs["header_order"])
+    _headers, body, theirs = run_and_compare_envelope(made, api)
     ours = made.cipher.decrypt(body)
     assert list(ours) == list(theirs["body_decrypted"]) and ours["body"] == theirs["body_decrypted"]["body"]
     (sailors_put,) = made.capture["account_updates"]

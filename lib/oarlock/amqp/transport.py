@@ -36,7 +36,7 @@ from pika.adapters.select_connection import IOLoop
 from oarlock.amqp.acks import AckWindow
 from oarlock.amqp.fieldtable import FastProperties
 from oarlock.amqp.hotpath import HotPathConnection
-from oarlock.amqp.types import Confirm, Incoming, IncomingHandler, Outgoing
+from oarlock.amqp.types import Confirm, Incoming, IncomingHandler, Outgoing, call_when_all_done
 from oarlock.errors import PublishError, TransportError
 
 log = logging.getLogger("oarlock.amqp")
@@ -421,21 +421,7 @@ class AmqpTransport:
     def when_all(self, confirms: list[Confirm], then: Callable[[], None]) -> None:
         """Call ``then`` on the I/O thread once every confirm is resolved (nobody blocks waiting)."""
 
-        def register() -> None:
-            if not confirms:
-                then()
-                return
-            remaining = [len(confirms)]
-
-            def one_done() -> None:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    then()
-
-            for confirm in confirms:
-                confirm.on_done(one_done)
-
-        self.call(register)
+        self.call(lambda: call_when_all_done(confirms, then))
 
     def _on_return(
         self,

@@ -80,6 +80,22 @@ class Confirm:
 IncomingHandler = Callable[[Incoming], None]
 
 
+def call_when_all_done(confirms: list[Confirm], then: Callable[[], None]) -> None:
+    """I/O thread: call ``then`` once every confirm is resolved (at once when there is none): no one blocks."""
+    if not confirms:
+        then()
+        return
+    remaining = [len(confirms)]
+
+    def one_done() -> None:
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            then()
+
+    for confirm in confirms:
+        confirm.on_done(one_done)
+
+
 class Transport(Protocol):
     """What the worker needs of a broker. Every method may be called from any thread."""
 

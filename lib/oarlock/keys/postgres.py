@@ -14,7 +14,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -82,16 +81,9 @@ class PostgresKeyStore:
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (account) DO UPDATE SET version = excluded.version, "
             "oauth = excluded.oauth, response = excluded.response, updated_at = excluded.updated_at "
             "WHERE excluded.version > c.version",
-            (account, int(version), *self._sealed_texts(account, oauth, response), time.time()),
+            (account, int(version), *self._sealer.texts(account, oauth, response), time.time()),
         )
         return bool(cursor.rowcount)
-
-    def _sealed_texts(
-        self, account: str, oauth: dict[str, Any], response: dict[str, Any] | None, *, keep_sealed: bool = False
-    ) -> tuple[str, str | None]:
-        sealed_oauth = self._sealer.seal(account, "oauth", oauth, keep_sealed=keep_sealed)
-        sealed_response = self._sealer.seal(account, "response", response, keep_sealed=keep_sealed)
-        return json.dumps(sealed_oauth), json.dumps(sealed_response) if response else None
 
     def reseal(self) -> int:
         """Seal the token fields still stored in clear (rows written before the key was set).
@@ -112,7 +104,7 @@ class PostgresKeyStore:
                         continue
                     conn.execute(
                         f"UPDATE {self.table} SET oauth = %s, response = %s WHERE account = %s",
-                        (*self._sealed_texts(account, oauth, response, keep_sealed=True), account),
+                        (*self._sealer.texts(account, oauth, response, keep_sealed=True), account),
                     )
                     count += 1
         except self._psycopg.Error as exc:

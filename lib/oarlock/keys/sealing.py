@@ -118,6 +118,14 @@ class Sealer:
     def sealing(self) -> bool:
         return self._aead is not None
 
+    def texts(
+        self, account: str, oauth: dict[str, Any], response: dict[str, Any] | None, *, keep_sealed: bool = False
+    ) -> tuple[str, str | None]:
+        """The JSON texts a store writes for a credential and its raw response, token fields sealed."""
+        sealed_oauth = self.seal(account, "oauth", oauth, keep_sealed=keep_sealed)
+        sealed_response = self.seal(account, "response", response, keep_sealed=keep_sealed)
+        return json.dumps(sealed_oauth), json.dumps(sealed_response) if response else None
+
     def seal(self, account: str, part: str, obj: dict[str, Any] | None, *, keep_sealed: bool = False) -> Any:
         """A copy of obj with its token fields sealed (obj itself without a key, after one warning).
 

@@ -114,7 +114,7 @@ class SqliteKeyStore:
         conn.execute("COMMIT")
 
     def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
-        oauth_text, response_text = self._sealed_texts(account, oauth, response)
+        oauth_text, response_text = self._sealer.texts(account, oauth, response)
         try:
             with self._transaction() as conn:
                 cursor = conn.execute(UPSERT, (account, int(version), oauth_text, response_text, time.time()))
@@ -157,13 +157,6 @@ class SqliteKeyStore:
             for r in rows
         ]
 
-    def _sealed_texts(
-        self, account: str, oauth: dict[str, Any], response: dict[str, Any] | None, *, keep_sealed: bool = False
-    ) -> tuple[str, str | None]:
-        sealed_oauth = self._sealer.seal(account, "oauth", oauth, keep_sealed=keep_sealed)
-        sealed_response = self._sealer.seal(account, "response", response, keep_sealed=keep_sealed)
-        return json.dumps(sealed_oauth), json.dumps(sealed_response) if response else None
-
     def reseal(self) -> int:
         """Seal the token fields still stored in clear (rows written before the key was set).
 
@@ -183,7 +176,7 @@ class SqliteKeyStore:
                     response = json.loads(response_text) if response_text else None
                     if not (self._sealer.needs_reseal(oauth) or self._sealer.needs_reseal(response)):
                         continue
-                    texts = self._sealed_texts(account, oauth, response, keep_sealed=True)
+                    texts = self._sealer.texts(account, oauth, response, keep_sealed=True)
                     conn.execute("UPDATE credentials SET oauth = ?, response = ? WHERE account = ?", (*texts, account))
                     count += 1
             self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from oarlock.errors import ConfigurationError, DecodeError
-from oarlock.jsonlimits import MAX_DEPTH, check_depth
+from oarlock.jsonlimits import loads
 
 _BLOCK = 16
 
@@ -67,15 +67,7 @@ class MessageCipher:
     def decrypt(self, body: bytes, protocol_version: int = 1) -> Any:
         """Decrypt an AMQP body into the JSON value it carries; DecodeError names the failing step."""
         text = self.decrypt_text(body, protocol_version)
-        try:
-            value = json.loads(text)
-        except RecursionError:
-            raise DecodeError(f"message is nested deeper than {MAX_DEPTH} levels") from None
-        except ValueError as exc:
-            raise DecodeError(f"message is not valid JSON after decryption: {exc.args[0]}") from None
-        if text.count("[") + text.count("{") > MAX_DEPTH:  # only then can it nest that deep: walk it
-            check_depth(value, what="message")
-        return value
+        return loads(text, what="message", invalid="message is not valid JSON after decryption")
 
     def decrypt_text(self, body: bytes, protocol_version: int = 1) -> str:
         if self._cipher is None:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from oarlock.amqp.types import Confirm, Incoming, IncomingHandler, Outgoing
+from oarlock.amqp.types import Confirm, Incoming, IncomingHandler, Outgoing, call_when_all_done
 from oarlock.errors import PublishError, TransportError
 
 log = logging.getLogger("oarlock.memory_transport")
@@ -195,21 +195,7 @@ class MemoryTransport:
         return confirm
 
     def when_all(self, confirms: list[Confirm], then: Callable[[], None]) -> None:
-        def register() -> None:
-            if not confirms:
-                then()
-                return
-            remaining = [len(confirms)]
-
-            def one_done() -> None:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    then()
-
-            for confirm in confirms:
-                confirm.on_done(one_done)
-
-        self.call(register)
+        self.call(lambda: call_when_all_done(confirms, then))
 
     def ack(self, incoming: Incoming) -> None:
         self.call(lambda: self._settle(incoming, acked=True, requeue=False))
