@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from oarlock.errors import DecodeError
+from oarlock.keys.accounts import AccountState, StateChange, refresh_settings
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,24 @@ class StoredCredential:
     updated_at: float
     response: dict[str, Any] | None = None
     persist: bool = True
+    #: what refreshing needs (:func:`oarlock.keys.accounts.refresh_settings`): never a client secret
+    settings: dict[str, Any] | None = None
 
 
 class KeyStore(Protocol):
-    def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
-        """Store a credential unless an equal or newer version is stored; True if it was written."""
+    def save(
+        self,
+        account: str,
+        oauth: dict[str, Any],
+        version: int,
+        response: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store a credential unless an equal or newer version is stored; True if it was written.
+
+        ``settings`` (refresh settings, no secret) replace the stored ones when given; when None the
+        stored ones are kept.
+        """
 
     def get(self, account: str) -> StoredCredential | None: ...
 
@@ -48,6 +62,26 @@ class KeyStore(Protocol):
 
     def delete(self, account: str) -> bool:
         """Remove the account's credential; True if there was one."""
+
+    def state(self, account: str) -> AccountState | None:
+        """The account's recorded state, None when nothing was ever recorded (it is then active)."""
+
+    def states(self) -> builtins.list[AccountState]: ...
+
+    def record_state(
+        self,
+        account: str,
+        state: str,
+        *,
+        version: int,
+        reason: str | None = None,
+        refreshed: bool = False,
+        now: float | None = None,
+    ) -> StateChange | None:
+        """Apply :func:`~oarlock.keys.accounts.next_state` atomically; None when the report was about an older version."""
+
+    def claim(self, account: str, min_interval: float, *, now: float | None = None) -> bool:
+        """Take the account's keep-alive turn: True unless one was taken less than ``min_interval`` s ago (any process)."""
 
     def lock(self, account: str, timeout: float = 30.0) -> AbstractContextManager[None]:
         """Mutual exclusion per account across processes; KeyStoreError on timeout."""
@@ -62,7 +96,11 @@ class ResealableStore(KeyStore, Protocol):
 
 
 def apply_update_keys(store: KeyStore, payload: dict[str, Any]) -> bool:
-    """Persist one updateKeys payload; False when it is older than what is stored or marked persist: false."""
+    """Persist one updateKeys payload; False when it is older than what is stored or marked persist: false.
+
+    The payload's ``oauth2`` (the cfg block's refresh settings) is stored with the credential without
+    its client secret or any key not in :data:`~oarlock.keys.accounts.SETTINGS_KEYS`.
+    """
     if payload.get("persist") is False:
         return False
     for name in ("account", "version", "oauth"):
@@ -75,7 +113,13 @@ def apply_update_keys(store: KeyStore, payload: dict[str, Any]) -> bool:
         raise DecodeError("updateKeys payload's 'account' must be a non-empty string (at most 512 characters)")
     version = valid_version(payload["version"])
     response = payload.get("response")
-    return store.save(account, payload["oauth"], version, response if isinstance(response, dict) else None)
+    return store.save(
+        account,
+        payload["oauth"],
+        version,
+        response if isinstance(response, dict) else None,
+        refresh_settings(payload.get("oauth2")),
+    )
 
 
 #: a version is a time in ms; one further ahead than this is refused (a clock far off, or a forged update

@@ -14,12 +14,22 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from oarlock.errors import KeyStoreError
+from oarlock.keys.accounts import (
+    ACTIVE,
+    STATE_COLUMNS,
+    AccountState,
+    StateChange,
+    next_state,
+    state_from_row,
+    state_row,
+)
 from oarlock.keys.base import StoredCredential, safe_url
 from oarlock.keys.sealing import Sealer
 from oarlock.redact import redact_text
@@ -43,16 +53,26 @@ class PostgresKeyStore:
         self.table = table
         self._sealer = Sealer(key, f"{safe_url(url)} (table {table})")
         self._local = threading.local()
-        create = (
+        self.states_table = f"{table}_states"
+        creates = (
             f"CREATE TABLE IF NOT EXISTS {table} (account TEXT PRIMARY KEY, version BIGINT NOT NULL, "
-            "oauth JSONB NOT NULL, response JSONB, updated_at DOUBLE PRECISION NOT NULL)"
+            "oauth JSONB NOT NULL, response JSONB, updated_at DOUBLE PRECISION NOT NULL, settings JSONB)",
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS settings JSONB",
+            f"CREATE TABLE IF NOT EXISTS {self.states_table} (account TEXT PRIMARY KEY, state TEXT NOT NULL, "
+            "version BIGINT NOT NULL, failures INTEGER NOT NULL, reason TEXT, since DOUBLE PRECISION, "
+            "last_refresh DOUBLE PRECISION, last_attempt DOUBLE PRECISION)",
         )
         try:
-            self._connection().execute(create)
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
-            pass  # another process created it at the same moment (IF NOT EXISTS is not race-free)
+            for create in creates:
+                self._create(create)
         except psycopg.Error as exc:
             raise KeyStoreError(f"keys store {safe_url(url)}: {type(exc).__name__}: {_reason(exc)}") from None
+
+    def _create(self, sql: str) -> None:
+        errors = self._psycopg.errors
+        # another process created it at the same moment (IF NOT EXISTS is not race-free)
+        with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable, errors.DuplicateColumn):
+            self._connection().execute(sql)
 
     def __repr__(self) -> str:
         return f"PostgresKeyStore({safe_url(self.url)!r})"
@@ -75,13 +95,26 @@ class PostgresKeyStore:
         except self._psycopg.Error as exc:
             raise KeyStoreError(f"keys store {safe_url(self.url)}: {type(exc).__name__}: {_reason(exc)}") from None
 
-    def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
+    def save(
+        self,
+        account: str,
+        oauth: dict[str, Any],
+        version: int,
+        response: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> bool:
         cursor = self._execute(
-            f"INSERT INTO {self.table} AS c (account, version, oauth, response, updated_at) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (account) DO UPDATE SET version = excluded.version, "
-            "oauth = excluded.oauth, response = excluded.response, updated_at = excluded.updated_at "
-            "WHERE excluded.version > c.version",
-            (account, int(version), *self._sealer.texts(account, oauth, response), time.time()),
+            f"INSERT INTO {self.table} AS c (account, version, oauth, response, updated_at, settings) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (account) DO UPDATE SET version = excluded.version, "
+            "oauth = excluded.oauth, response = excluded.response, updated_at = excluded.updated_at, "
+            "settings = COALESCE(excluded.settings, c.settings) WHERE excluded.version > c.version",
+            (
+                account,
+                int(version),
+                *self._sealer.texts(account, oauth, response),
+                time.time(),
+                json.dumps(settings) if settings else None,
+            ),
         )
         return bool(cursor.rowcount)
 
@@ -122,11 +155,12 @@ class PostgresKeyStore:
 
     def delete(self, account: str) -> bool:
         """Remove the account's credential (an operator's ``oarlock keys delete``); True if there was one."""
+        self._execute(f"DELETE FROM {self.states_table} WHERE account = %s", (account,))
         return int(self._execute(f"DELETE FROM {self.table} WHERE account = %s", (account,)).rowcount) > 0
 
     def _select(self, clause: str, args: tuple[Any, ...]) -> builtins.list[StoredCredential]:
         rows = self._execute(
-            f"SELECT account, version, oauth, response, updated_at FROM {self.table} {clause}", args
+            f"SELECT account, version, oauth, response, updated_at, settings FROM {self.table} {clause}", args
         ).fetchall()
         return [
             StoredCredential(
@@ -135,9 +169,81 @@ class PostgresKeyStore:
                 oauth=self._sealer.open(r[0], "oauth", r[2]),
                 response=self._sealer.open(r[0], "response", r[3]),
                 updated_at=float(r[4]),
+                settings=r[5] if isinstance(r[5], dict) else None,
             )
             for r in rows
         ]
+
+    # -- account states ----------------------------------------------------------------------------
+    def state(self, account: str) -> AccountState | None:
+        rows = self._states("WHERE account = %s", (account,))
+        return rows[0] if rows else None
+
+    def states(self) -> builtins.list[AccountState]:
+        return self._states("ORDER BY account", ())
+
+    def _states(self, clause: str, args: tuple[Any, ...]) -> builtins.list[AccountState]:
+        rows = self._execute(f"SELECT {STATE_COLUMNS} FROM {self.states_table} {clause}", args).fetchall()
+        return [state_from_row(r) for r in rows]
+
+    def record_state(
+        self,
+        account: str,
+        state: str,
+        *,
+        version: int,
+        reason: str | None = None,
+        refreshed: bool = False,
+        now: float | None = None,
+    ) -> StateChange | None:
+        moment = time.time() if now is None else now
+        conn = self._connection()
+        try:
+            with conn.transaction():  # the row locked: two replicas recording at once see one transition
+                conn.execute(
+                    f"INSERT INTO {self.states_table} (account, state, version, failures, since) "
+                    "VALUES (%s, %s, -1, 0, %s) ON CONFLICT (account) DO NOTHING",
+                    (account, ACTIVE, moment),
+                )
+                row = conn.execute(
+                    f"SELECT {STATE_COLUMNS} FROM {self.states_table} WHERE account = %s FOR UPDATE", (account,)
+                ).fetchone()
+                old = state_from_row(row)
+                change = next_state(
+                    None if old.version < 0 else old,
+                    account,
+                    state,
+                    version=int(version),
+                    reason=reason,
+                    now=moment,
+                    refreshed=refreshed,
+                )
+                if change is not None:
+                    conn.execute(
+                        f"UPDATE {self.states_table} SET state = %s, version = %s, failures = %s, reason = %s, "
+                        "since = %s, last_refresh = %s, last_attempt = %s WHERE account = %s",
+                        (*state_row(change.current)[1:], account),
+                    )
+                return change
+        except self._psycopg.Error as exc:
+            raise KeyStoreError(
+                f"keys store {safe_url(self.url)}: cannot record the state of account {account}: "
+                f"{type(exc).__name__}: {_reason(exc)}"
+            ) from None
+
+    def claim(self, account: str, min_interval: float, *, now: float | None = None) -> bool:
+        moment = time.time() if now is None else now
+        self._execute(
+            f"INSERT INTO {self.states_table} (account, state, version, failures, since) "
+            "VALUES (%s, %s, 0, 0, %s) ON CONFLICT (account) DO NOTHING",
+            (account, ACTIVE, moment),
+        )
+        cursor = self._execute(
+            f"UPDATE {self.states_table} SET last_attempt = %s WHERE account = %s "
+            "AND (last_attempt IS NULL OR last_attempt <= %s)",
+            (moment, account, moment - min_interval),
+        )
+        return bool(cursor.rowcount)
 
     @contextlib.contextmanager
     def lock(self, account: str, timeout: float = 30.0) -> Iterator[None]:
@@ -156,6 +262,7 @@ class PostgresKeyStore:
     def drop(self) -> None:
         """Remove the table (tests)."""
         self._execute(f"DROP TABLE IF EXISTS {self.table}")
+        self._execute(f"DROP TABLE IF EXISTS {self.states_table}")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -28,6 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from oarlock.errors import KeyStoreError
+from oarlock.keys.accounts import (
+    ACTIVE,
+    STATE_COLUMNS,
+    AccountState,
+    StateChange,
+    next_state,
+    state_from_row,
+    state_row,
+)
 from oarlock.keys.base import StoredCredential
 from oarlock.keys.private import private_dir, private_file, tighten_fd, tighten_if_present
 from oarlock.keys.sealing import Sealer
@@ -38,17 +47,31 @@ CREATE TABLE IF NOT EXISTS credentials (
     version    INTEGER NOT NULL,
     oauth      TEXT NOT NULL,
     response   TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    settings   TEXT
+)
+"""
+
+STATES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS account_states (
+    account      TEXT PRIMARY KEY,
+    state        TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    failures     INTEGER NOT NULL,
+    reason       TEXT,
+    since        REAL,
+    last_refresh REAL,
+    last_attempt REAL
 )
 """
 
 # one conditional UPSERT: the compare and the write are a single statement, so two writers in two
 # processes can never leave the older version behind
 UPSERT = """
-INSERT INTO credentials (account, version, oauth, response, updated_at) VALUES (?, ?, ?, ?, ?)
+INSERT INTO credentials (account, version, oauth, response, updated_at, settings) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT(account) DO UPDATE SET
     version = excluded.version, oauth = excluded.oauth, response = excluded.response,
-    updated_at = excluded.updated_at
+    updated_at = excluded.updated_at, settings = COALESCE(excluded.settings, credentials.settings)
 WHERE excluded.version > credentials.version
 """
 
@@ -86,6 +109,10 @@ class SqliteKeyStore:
                 tighten_if_present(self.path.with_name(self.path.name + suffix))
             with self._transaction() as conn:
                 conn.execute(SCHEMA)
+                conn.execute(STATES_SCHEMA)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(credentials)")}
+                if "settings" not in columns:  # a store written before refresh settings were kept
+                    conn.execute("ALTER TABLE credentials ADD COLUMN settings TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise KeyStoreError(f"keys store {self.path} cannot be opened: {exc}") from None
 
@@ -113,11 +140,21 @@ class SqliteKeyStore:
             raise
         conn.execute("COMMIT")
 
-    def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
+    def save(
+        self,
+        account: str,
+        oauth: dict[str, Any],
+        version: int,
+        response: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> bool:
         oauth_text, response_text = self._sealer.texts(account, oauth, response)
+        settings_text = json.dumps(settings) if settings else None
         try:
             with self._transaction() as conn:
-                cursor = conn.execute(UPSERT, (account, int(version), oauth_text, response_text, time.time()))
+                cursor = conn.execute(
+                    UPSERT, (account, int(version), oauth_text, response_text, time.time(), settings_text)
+                )
                 return cursor.rowcount > 0
         except sqlite3.Error as exc:
             raise KeyStoreError(f"keys store {self.path}: cannot save account {account}: {exc}") from None
@@ -130,9 +167,10 @@ class SqliteKeyStore:
         return self._select("ORDER BY account", ())
 
     def delete(self, account: str) -> bool:
-        """Remove the account's credential (an operator's ``oarlock keys delete``); True if there was one."""
+        """Remove the account's credential and state (an operator's ``oarlock keys delete``); True if there was one."""
         try:
             with self._transaction() as conn:
+                conn.execute("DELETE FROM account_states WHERE account = ?", (account,))
                 return conn.execute("DELETE FROM credentials WHERE account = ?", (account,)).rowcount > 0
         except sqlite3.Error as exc:
             raise KeyStoreError(f"keys store {self.path}: cannot delete account {account}: {exc}") from None
@@ -141,7 +179,9 @@ class SqliteKeyStore:
         try:
             rows = (
                 self._connection()
-                .execute(f"SELECT account, version, oauth, response, updated_at FROM credentials {clause}", args)
+                .execute(
+                    f"SELECT account, version, oauth, response, updated_at, settings FROM credentials {clause}", args
+                )
                 .fetchall()
             )
         except sqlite3.Error as exc:
@@ -153,9 +193,78 @@ class SqliteKeyStore:
                 oauth=self._sealer.open(r[0], "oauth", json.loads(r[2])),
                 response=self._sealer.open(r[0], "response", json.loads(r[3])) if r[3] else None,
                 updated_at=float(r[4]),
+                settings=json.loads(r[5]) if r[5] else None,
             )
             for r in rows
         ]
+
+    # -- account states ----------------------------------------------------------------------------
+    def state(self, account: str) -> AccountState | None:
+        rows = self._states("WHERE account = ?", (account,))
+        return rows[0] if rows else None
+
+    def states(self) -> builtins.list[AccountState]:
+        return self._states("ORDER BY account", ())
+
+    def _states(self, clause: str, args: tuple[Any, ...]) -> builtins.list[AccountState]:
+        try:
+            rows = self._connection().execute(f"SELECT {STATE_COLUMNS} FROM account_states {clause}", args).fetchall()
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"keys store {self.path} cannot be read: {exc}") from None
+        return [state_from_row(r) for r in rows]
+
+    def record_state(
+        self,
+        account: str,
+        state: str,
+        *,
+        version: int,
+        reason: str | None = None,
+        refreshed: bool = False,
+        now: float | None = None,
+    ) -> StateChange | None:
+        moment = time.time() if now is None else now
+        try:
+            with self._transaction() as conn:  # BEGIN IMMEDIATE: one writer at a time, across processes
+                row = conn.execute(
+                    f"SELECT {STATE_COLUMNS} FROM account_states WHERE account = ?", (account,)
+                ).fetchone()
+                change = next_state(
+                    state_from_row(row) if row else None,
+                    account,
+                    state,
+                    version=int(version),
+                    reason=reason,
+                    now=moment,
+                    refreshed=refreshed,
+                )
+                if change is not None:
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO account_states ({STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        state_row(change.current),
+                    )
+                return change
+        except sqlite3.Error as exc:
+            raise KeyStoreError(
+                f"keys store {self.path}: cannot record the state of account {account}: {exc}"
+            ) from None
+
+    def claim(self, account: str, min_interval: float, *, now: float | None = None) -> bool:
+        moment = time.time() if now is None else now
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO account_states (account, state, version, failures, since) VALUES (?, ?, 0, 0, ?)",
+                    (account, ACTIVE, moment),
+                )
+                cursor = conn.execute(
+                    "UPDATE account_states SET last_attempt = ? WHERE account = ? "
+                    "AND (last_attempt IS NULL OR last_attempt <= ?)",
+                    (moment, account, moment - min_interval),
+                )
+                return cursor.rowcount > 0
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"keys store {self.path}: cannot claim account {account}: {exc}") from None
 
     def reseal(self) -> int:
         """Seal the token fields still stored in clear (rows written before the key was set).
