@@ -136,31 +136,25 @@ def _usage(message: str) -> NoReturn:
 @store_option
 def put_command(account: str, oauth_path: str, store_url: str) -> None:
     """Store the token set of FILE as the newest version of ACCOUNT (a re-authorization every worker adopts)."""
-    from oarlock.credentials.token import LINEAGE_FIELD, TokenSet, supersede, version_of
+    from oarlock.keys.reauth import store_authorization
 
     oauth = _token_set(oauth_path)
     store = _open(store_url)
     try:
-        stored = store.get(account)
-        now = time.time()
-        token = {LINEAGE_FIELD: [], **TokenSet(oauth).stamped(now).data}  # a fresh authorization: no history
-        if stored is not None:
-            token = supersede(token, stored.oauth)
-        version = max(version_of(token), int(now * 1000), stored.version + 1 if stored is not None else 0)
-        written = store.save(account, token, version, None)
+        done = store_authorization(store, account, oauth)
     except OarlockError as exc:
         _usage(str(exc))
     finally:
         store.close()
     line = {
         "account": account,
-        "stored": written,
-        "version": version,
-        "replaced_version": stored.version if stored is not None else None,
-        "oauth": redact(token),
+        "stored": done.written,
+        "version": done.version,
+        "replaced_version": done.replaced_version,
+        "oauth": redact(done.oauth),
     }
     click.echo(json.dumps(line, ensure_ascii=False))
-    if not written:
+    if not done.written:
         _usage(f"a newer version of account {account} was stored meanwhile: nothing written")
 
 
