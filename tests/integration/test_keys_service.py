@@ -174,10 +174,17 @@ class ExplodingStore:
     def __init__(self, inner: KeyStore, account: str) -> None:
         self.inner, self.account = inner, account
 
-    def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
+    def save(
+        self,
+        account: str,
+        oauth: dict[str, Any],
+        version: int,
+        response: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> bool:
         if account == self.account:
             raise RuntimeError("the store tripped over its own feet")
-        return self.inner.save(account, oauth, version, response)
+        return self.inner.save(account, oauth, version, response, settings)
 
     def get(self, account: str) -> StoredCredential | None:
         return self.inner.get(account)
@@ -219,11 +226,18 @@ class BlippingStore(ExplodingStore):
         super().__init__(inner, "")
         self.failures = failures
 
-    def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
+    def save(
+        self,
+        account: str,
+        oauth: dict[str, Any],
+        version: int,
+        response: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> bool:
         if self.failures > 0:
             self.failures -= 1
             raise KeyStoreError("keys store postgresql://oarlock:***@db/keys: OperationalError: the server restarts")
-        return self.inner.save(account, oauth, version, response)
+        return self.inner.save(account, oauth, version, response, settings)
 
 
 @pytest.mark.amqp

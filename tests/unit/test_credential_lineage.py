@@ -56,11 +56,18 @@ class FaultyStore(SqliteKeyStore):
     failing_get = False
     lock_timeouts: list[float]
 
-    def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
+    def save(
+        self,
+        account: str,
+        oauth: dict[str, Any],
+        version: int,
+        response: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> bool:
         if self.failing_saves > 0:
             self.failing_saves -= 1
             raise KeyStoreError(f"keys store {self.path}: cannot save account {account}: database is locked")
-        return super().save(account, oauth, version, response)
+        return super().save(account, oauth, version, response, settings)
 
     def get(self, account: str) -> Any:
         if self.failing_get:

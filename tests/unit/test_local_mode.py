@@ -18,9 +18,16 @@ class CountingStore(SqliteKeyStore):
 
     writes: list[tuple[str, int]]
 
-    def save(self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None) -> bool:
+    def save(
+        self,
+        account: str,
+        oauth: dict[str, Any],
+        version: int,
+        response: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> bool:
         self.writes.append((account, version))
-        return super().save(account, oauth, version, response)
+        return super().save(account, oauth, version, response, settings)
 
 
 def local_call(tmp_path: Path, component: Path, function: str, cfg: dict[str, Any]) -> tuple[LocalCall, io.StringIO]:

@@ -242,12 +242,16 @@ def serve_command(
     """
     from oarlock import logs
     from oarlock.keys.consumer import KeysService
-    from oarlock.protocol.crypto import MessageCipher
+    from oarlock.protocol.crypto import PREVIOUS_IV_ENV, PREVIOUS_PASSWORD_ENV, MessageCipher
 
     logs.configure(os.environ.get("ELASTICIO_LOG_LEVEL", "info"))
     store = _open(store_url)
     try:
-        service = KeysService(store, amqp_uri, queue, MessageCipher(crypto_password, crypto_iv))
+        previous = {
+            "previous_password": os.environ.get(PREVIOUS_PASSWORD_ENV),
+            "previous_iv": os.environ.get(PREVIOUS_IV_ENV),
+        }
+        service = KeysService(store, amqp_uri, queue, MessageCipher(crypto_password, crypto_iv, **previous))
         stored = service.run(burst=burst)
     except TransportError as exc:  # the broker cannot be reached, or the queue cannot be consumed
         click.echo(f"oarlock: {exc}", err=True)

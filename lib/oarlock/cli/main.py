@@ -21,9 +21,15 @@ from oarlock.redact import redact
 
 LAZY_COMMANDS = {
     "validate": ("oarlock.cli.validate", "validate_command"),
+    "new": ("oarlock.cli.new", "new_command"),
     "dev-provider": ("oarlock.cli.devprovider", "dev_provider_command"),
     "keys": ("oarlock.cli.keys", "keys_group"),
     "run": ("oarlock.cli.run", "run_command"),
+    "topology": ("oarlock.cli.topology", "topology_group"),
+    "decrypt": ("oarlock.cli.inspect", "decrypt_command"),
+    "peek": ("oarlock.cli.inspect", "peek_command"),
+    "meta": ("oarlock.cli.meta", "meta_command"),
+    "select": ("oarlock.cli.meta", "select_command"),
 }
 DEFAULT_KEYS = Path(".oarlock") / "keys.sqlite"
 

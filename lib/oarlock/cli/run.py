@@ -61,7 +61,7 @@ def run_command(
     logs.configure(env.get("ELASTICIO_LOG_LEVEL", "info"))
     try:
         settings = Settings.from_env(env, api_optional=bool(cfg_file or "ELASTICIO_CFG" in env))
-        for secret in (settings.message_crypto_password, settings.api_key):
+        for secret in (settings.message_crypto_password, settings.message_crypto_password_previous, settings.api_key):
             register_secret(secret)
         if time_limit is not None:
             settings = dataclasses.replace(settings, message_time_limit=time_limit)

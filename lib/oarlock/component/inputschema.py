@@ -49,6 +49,20 @@ def _move_required(node: Any) -> None:
         _move_required(value)
 
 
+def schema_error(schema: Any) -> str | None:
+    """Why ``schema`` (draft-03 ``required: true`` accepted) is not a valid JSON Schema, or None when it is."""
+    if not isinstance(schema, (dict, bool)):
+        return f"must be a JSON Schema object, got {type(schema).__name__}"
+    normalised = normalise_schema(schema)
+    cls = jsonschema.validators.validator_for(normalised, default=jsonschema.Draft7Validator)
+    try:
+        cls.check_schema(normalised)
+    except SchemaError as exc:
+        location = ".".join(str(p) for p in exc.absolute_path)
+        return f"is not a valid JSON Schema{' at ' + location if location else ''}: {exc.message}"
+    return None
+
+
 class InputValidator:
     """Checks message bodies against one function's ``metadata.in``; unusable schemas disable the check."""
 

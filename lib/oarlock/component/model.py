@@ -42,6 +42,12 @@ class Problem:
     path: str
     message: str
     level: Literal["error", "warning"] = "error"
+    #: the key or name that was probably meant (a did-you-mean), when one is close
+    suggestion: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The finding for ``oarlock validate --format json``."""
+        return {"path": self.path, "message": self.message, "suggestion": self.suggestion}
 
     def __str__(self) -> str:
         prefix = "warning: " if self.level == "warning" else ""

@@ -1,22 +1,35 @@
 """``oarlock validate``: every check of a component folder, each finding a Problem with its JSON path.
 
-Never raises for a broken component: everything becomes a Problem. Quirks real components
-carry are accepted with a warning (legacy ``env``/``vars``, ``dynamicMetadata`` as a class
-name, draft-03 ``"required": true`` in metadata) so that authors see them without failing.
+Never raises for a broken component: everything becomes a Problem, and every check runs in one
+pass (the file checks run after schema errors too, on whatever parts have the right types).
+Quirks real components carry are accepted with a warning (legacy ``env``/``vars``,
+``dynamicMetadata`` as a class name, draft-03 ``"required": true`` in metadata) so that authors
+see them without failing. Strict on the rest: an unknown key anywhere is an error with a
+did-you-mean (:mod:`oarlock.component.strict`), an invalid metadata JSON Schema is an error, and
+``dynamicMetadata`` / a select field's ``model`` method must exist in the function's module.
+
+The module is imported as the runtime imports it (:meth:`Component.load_module`, once, for the
+``process`` check anyway), and the methods are looked up with ``getattr`` as
+:mod:`oarlock.runtime.service` looks them up: a method re-exported from another module, assigned
+or decorated is found exactly when the runtime would find it (an ``ast`` reading would miss those).
+
+``lenient`` is for legacy files: unknown keys become warnings, and so does every finding of a
+function oarlock cannot run (its ``main`` a JavaScript file or a Java class: a Node.js or Java
+component's descriptor).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import jsonschema
-from jsonschema.exceptions import SchemaError
-
-from oarlock.component.inputschema import normalise_schema
+from oarlock.component.inputschema import schema_error
 from oarlock.component.model import (
+    JAVA_CLASS,
     PLACEHOLDER,
     Component,
     Problem,
@@ -24,10 +37,14 @@ from oarlock.component.model import (
     read_component_json,
     schema_problems,
 )
+from oarlock.component.strict import did_you_mean, unknown_key_problems
 from oarlock.errors import ComponentError
 
+SELECT_VIEWS = ("SelectView", "MultiSelectView")
 
-def validate(root: str | Path, env: Mapping[str, str] | None = None) -> list[Problem]:
+
+def validate(root: str | Path, env: Mapping[str, str] | None = None, *, lenient: bool = False) -> list[Problem]:
+    """Every problem of the component folder ``root``; ``lenient`` for legacy files (see the module docstring)."""
     folder = Path(root)
     if not folder.is_dir():
         return [Problem("", f"component folder {root} does not exist")]
@@ -36,15 +53,37 @@ def validate(root: str | Path, env: Mapping[str, str] | None = None) -> list[Pro
     except ComponentError as exc:
         return [Problem("component.json", str(exc))]
     problems = schema_problems(raw)
-    if problems:
-        return problems
+    problems += unknown_key_problems(raw, lenient=lenient)
     problems += _legacy_keys(raw)
     problems += _placeholders(raw)
-    component = Component(folder, {**raw, "triggers": {}, "actions": {}})
+    component = Component(folder, {"title": str(raw.get("title") or folder.name)})
     for kind in ("trigger", "action"):
-        for name, spec in (raw.get(f"{kind}s") or {}).items():
-            problems += list(_function_problems(component, f"{kind}s.{name}", spec))
+        functions = raw.get(f"{kind}s")
+        for name, spec in functions.items() if isinstance(functions, dict) else ():
+            if not isinstance(spec, dict):
+                continue  # the schema problem says so
+            found = list(_function_problems(component, f"{kind}s.{name}", spec))
+            if lenient and _foreign(spec):
+                found = [_as_legacy(p) for p in found]
+            problems += found
     return problems
+
+
+def _foreign(spec: dict[str, Any]) -> bool:
+    """A function oarlock cannot run: its main names no Python file (a JavaScript file, a Java class)."""
+    main = spec.get("main")
+    if not isinstance(main, str):
+        return False
+    return bool(JAVA_CLASS.match(main)) or Path(main).suffix in (".js", ".mjs", ".cjs", ".ts")
+
+
+def _as_legacy(problem: Problem) -> Problem:
+    if problem.level == "warning":
+        return problem
+    message = problem.message
+    if problem.path.endswith(".main"):
+        message += " (--lenient: accepted, oarlock cannot run this function)"
+    return dataclasses.replace(problem, message=message, level="warning")
 
 
 def _legacy_keys(raw: dict[str, Any]) -> list[Problem]:
@@ -116,15 +155,21 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
 
 
 def _function_problems(component: Component, where: str, spec: dict[str, Any]) -> Iterator[Problem]:
-    main = str(spec.get("main", ""))
-    problem = main_problem(component.root, main)
-    if problem:
-        yield Problem(f"{where}.main", problem)
-    else:
-        yield from _process_problem(component, where, spec)
+    main = spec.get("main")
+    module: ModuleType | None = None
+    if isinstance(main, str) and main:  # otherwise the schema problem says what is wrong
+        problem = main_problem(component.root, main)
+        if problem:
+            yield Problem(f"{where}.main", problem)
+        else:
+            module, problem = _load_module(component, where, spec)
+            if problem:
+                yield Problem(f"{where}.main", problem)
     dynamic = spec.get("dynamicMetadata")
     if isinstance(dynamic, str):
         yield Problem(f"{where}.dynamicMetadata", f"is a class name ({dynamic}), accepted as true", "warning")
+    if dynamic and module is not None:
+        yield from _method_problem(module, str(main), f"{where}.dynamicMetadata", "getMetaModel", "dynamicMetadata")
     metadata = spec.get("metadata")
     if not metadata and not dynamic:
         yield Problem(where, "has neither metadata nor dynamicMetadata", "warning")
@@ -132,28 +177,44 @@ def _function_problems(component: Component, where: str, spec: dict[str, Any]) -
         for direction in ("in", "out"):
             if direction in metadata:
                 yield from _metadata_problems(component.root, f"{where}.metadata.{direction}", metadata[direction])
-    for field_name, field_spec in (spec.get("fields") or {}).items():
-        if str(field_spec.get("viewClass", "")) in ("SelectView", "MultiSelectView") and "model" not in field_spec:
-            yield Problem(
-                f"{where}.fields.{field_name}.model", "a select field needs a model (a map of options or a method name)"
-            )
+    fields = spec.get("fields")
+    for field_name, field_spec in fields.items() if isinstance(fields, dict) else ():
+        if not isinstance(field_spec, dict):
+            continue
+        path = f"{where}.fields.{field_name}.model"
+        model = field_spec.get("model")
+        if str(field_spec.get("viewClass", "")) in SELECT_VIEWS and "model" not in field_spec:
+            yield Problem(path, "a select field needs a model (a map of options or a method name)")
+        elif isinstance(model, str) and model and module is not None:
+            yield from _method_problem(module, str(main), path, model, f"the select model of field {field_name}")
 
 
-def _process_problem(component: Component, where: str, spec: dict[str, Any]) -> Iterator[Problem]:
+def _load_module(component: Component, where: str, spec: dict[str, Any]) -> tuple[ModuleType | None, str | None]:
+    """The function's module, imported the way the runtime imports it, or why it cannot be."""
     name = where.split(".", 1)[1]
     kind = "action" if where.startswith("actions.") else "trigger"
     bare = {k: v for k, v in spec.items() if k != "metadata"}
     probe = Component(component.root, {"title": component.title, f"{kind}s": {name: bare}})
     try:
-        probe.load_module(name)
+        return probe.load_module(name), None
     except ComponentError as exc:
         text = str(exc)
         prefix = f"{where}.main: "
-        yield Problem(f"{where}.main", text[len(prefix) :] if text.startswith(prefix) else text)
+        return None, text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _method_problem(module: ModuleType, main: str, where: str, method: str, role: str) -> Iterator[Problem]:
+    if callable(getattr(module, method, None)):
+        return
+    defined = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))]
+    suggestion = did_you_mean(method, defined)
+    hint = f": did you mean {suggestion}?" if suggestion else ""
+    yield Problem(where, f"{main.removeprefix('./')} does not define {method}(cfg), {role}{hint}", "error", suggestion)
 
 
 def _metadata_problems(root: Path, where: str, value: Any) -> Iterator[Problem]:
     from_file = isinstance(value, str)
+    original = str(value).removeprefix("./")
     if isinstance(value, str):
         path = root / value
         if not path.is_file():
@@ -169,19 +230,13 @@ def _metadata_problems(root: Path, where: str, value: Any) -> Iterator[Problem]:
         return
     if _has_boolean_required(value):
         yield Problem(where, 'uses draft-03 "required": true inside properties: accepted and enforced', "warning")
-    schema = normalise_schema(value)
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-    try:
-        cls.check_schema(schema)
-    except SchemaError as exc:
-        location = ".".join(str(p) for p in exc.absolute_path)
-        text = f"is not a valid JSON Schema{' at ' + location if location else ''}: {exc.message}"
-        # an inline schema is UI metadata first; only a schema file is held to JSON Schema strictly
-        yield Problem(
-            where,
-            text if from_file else f"{text} (incoming messages are not checked against it)",
-            "error" if from_file else "warning",
-        )
+    text = schema_error(value)
+    if text is not None:
+        if from_file:
+            text = f"{original} {text}"
+        if where.endswith(".in"):
+            text += " (oarlock would not check incoming messages against it)"
+        yield Problem(where, text)
 
 
 def _has_boolean_required(node: Any) -> bool:

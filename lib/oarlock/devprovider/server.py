@@ -7,12 +7,18 @@ holding a :class:`~oarlock.devprovider.state.ManualClock` expires tokens with
 ``clock.advance(ttl)`` instead of sleeping. Simulated latency (``latency_ms``,
 ``token_latency_ms``) and the rate limit keep to real time. ``oarlock dev-provider`` always
 runs on the real clock.
+
+``DevProvider(routes=...)`` adds API routes of one's own beside ``/api/me`` and ``/api/items``
+(:func:`oarlock.devprovider.routes.load_routes`): each answers a fixed JSON body and status,
+behind the same bearer-token check unless ``"auth": false``; ``provider.route(...)`` adds or replaces one at run time, and
+``provider.received`` lists the API requests (method, path, query, JSON body) in arrival order.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import json
 import socket
@@ -23,7 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from oarlock.devprovider.state import AccessToken, Clock, ProviderState, Rotation, Settings, TokenError
+from oarlock.devprovider.routes import Route, RouteKey, load_routes
+from oarlock.devprovider.state import AccessToken, Clock, ManualClock, ProviderState, Rotation, Settings, TokenError
 
 MAINTENANCE_PAGE = b"<html><body><h1>503 Service Unavailable</h1><p>try again later</p></body></html>"
 
@@ -34,6 +41,8 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     state: ProviderState
     log_requests: bool
+    routes: dict[RouteKey, Route]
+    received: collections.deque[dict[str, Any]]
 
     def server_bind(self) -> None:
         self.open_connections: set[socket.socket] = set()
@@ -138,6 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._route("DELETE")
 
+    def do_PATCH(self) -> None:
+        self._route("PATCH")
+
     def _route(self, method: str) -> None:
         self._cached_body = None
         try:
@@ -171,6 +183,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, {"revoked": self.state.revoke(data.get("subject"))})
         if route == ("POST", "/revoke"):
             return self._revoke_one()
+        own = self.server.routes.get(route)
+        if own is not None:
+            return self._own_route(own, method, parts.path, query)
         if parts.path.startswith("/api/"):
             return self._api(method, parts.path, query)
         self._send(404, {"error": "not_found", "path": parts.path})
@@ -244,16 +259,32 @@ class _Handler(BaseHTTPRequestHandler):
             state.leave_token_call()
 
     # -- protected API ---------------------------------------------------------------------------
+    def _received(self, method: str, path: str, query: dict[str, str]) -> None:
+        """Recorded for ``provider.received`` (never a header: the Authorization header is a secret)."""
+        body = self._json_body() if self._body() else None
+        self.server.received.append({"method": method, "path": path, "query": query, "json": body})
+        if self.state.settings.latency_ms:
+            time.sleep(self.state.settings.latency_ms / 1000)
+
+    def _unauthorized(self, reason: str) -> None:
+        challenge = f'Bearer error="invalid_token", error_description="{reason}"'
+        self._send(
+            401, {"error": "invalid_token", "error_description": reason}, headers={"WWW-Authenticate": challenge}
+        )
+
+    def _own_route(self, route: Route, method: str, path: str, query: dict[str, str]) -> None:
+        self._received(method, path, query)
+        token = self.state.authorize(self.headers.get("Authorization")) if route.auth else None
+        if isinstance(token, str):
+            return self._unauthorized(token)
+        self._send(route.status, route.json, headers=route.headers, raw=b"" if route.status in (204, 304) else None)
+
     def _api(self, method: str, path: str, query: dict[str, str]) -> None:
         settings = self.state.settings
-        if settings.latency_ms:
-            time.sleep(settings.latency_ms / 1000)
+        self._received(method, path, query)
         token = self.state.authorize(self.headers.get("Authorization"))
         if not isinstance(token, AccessToken):
-            challenge = f'Bearer error="invalid_token", error_description="{token}"'
-            return self._send(
-                401, {"error": "invalid_token", "error_description": token}, headers={"WWW-Authenticate": challenge}
-            )
+            return self._unauthorized(token)
         if (method, path) == ("GET", "/api/me"):
             return self._send(200, {"subject": token.subject, "client_id": settings.client_id, "scope": token.scope})
         if (method, path) == ("GET", "/api/items"):
@@ -298,6 +329,7 @@ class DevProvider:
         extra_fields: dict[str, Any] | None = None,
         log_requests: bool = False,
         clock: Clock = time.time,
+        routes: Any = None,
     ) -> None:
         if rotation not in ("none", "rotate", "single-use"):
             raise ValueError(f"rotation must be none, rotate or single-use, not {rotation!r}")
@@ -320,6 +352,10 @@ class DevProvider:
         self.clock = clock
         self.state = ProviderState(self.settings, clock=clock)
         self._host, self._port, self._log_requests = host, port, log_requests
+        #: the routes of one's own (:func:`load_routes`); :meth:`route` changes them while it runs
+        self.routes = load_routes(routes)
+        #: the API requests received, oldest first (the last 1000): method, path, query, json body
+        self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self._server: _Server | None = None
         self._address: str | None = None
         self._thread: threading.Thread | None = None
@@ -329,6 +365,7 @@ class DevProvider:
         server = _Server((self._host, self._port), _Handler)
         server.state = self.state
         server.log_requests = self._log_requests
+        server.routes, server.received = self.routes, self.received
         self._server = server
         host, port = server.server_address[:2]
         self._address = f"http://{host!s}:{port}"  # kept after stop(): the address it had
@@ -397,6 +434,16 @@ class DevProvider:
 
     def stats(self) -> dict[str, Any]:
         return self.state.snapshot_stats()
+
+    def advance(self, seconds: float) -> float:
+        """Move the provider's ManualClock forward (its tokens expire without sleeping); returns the new time."""
+        if not isinstance(self.clock, ManualClock):
+            raise RuntimeError("advance() needs a provider started with clock=ManualClock()")
+        return self.clock.advance(seconds)
+
+    def route(self, method: str, path: str, *, status: int = 200, json: Any = None, **answer: Any) -> None:
+        """Add or replace a route of one's own (``headers=``, ``auth=`` as in :func:`load_routes`)."""
+        self.routes.update(load_routes({(method, path): {"status": status, "json": json, **answer}}))
 
     def reset_stats(self) -> None:
         with self.state.lock:

@@ -4,6 +4,11 @@ AES-256-CBC with PKCS#7 padding; key = SHA-256 of the UTF-8 password; IV = the
 16 UTF-8 bytes of the configured IV, the same for every message. Protocol
 version 1 carries base64 text of the ciphertext, version 2 the raw bytes.
 Without a password, the JSON text passes through unencrypted.
+
+Password rotation: a cipher may also hold the previous password (and IV). Messages are always
+encrypted with the current one; a body the current one cannot decrypt is tried once more with the
+previous one, so messages already queued under the old password still decrypt. The current key is
+tried first: a message it decrypts costs nothing more than without rotation.
 """
 
 from __future__ import annotations
@@ -12,14 +17,23 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from oarlock.errors import ConfigurationError, DecodeError
 from oarlock.jsonlimits import loads
 
+if TYPE_CHECKING:
+    from oarlock.protocol.settings import Settings
+
 _BLOCK = 16
+PASSWORD_ENV = "ELASTICIO_MESSAGE_CRYPTO_PASSWORD"
+IV_ENV = "ELASTICIO_MESSAGE_CRYPTO_IV"
+PREVIOUS_PASSWORD_ENV = "ELASTICIO_MESSAGE_CRYPTO_PASSWORD_PREVIOUS"
+PREVIOUS_IV_ENV = "ELASTICIO_MESSAGE_CRYPTO_IV_PREVIOUS"
+T = TypeVar("T")
 
 
 def dumps(value: Any) -> str:
@@ -28,26 +42,46 @@ def dumps(value: Any) -> str:
 
 
 class MessageCipher:
-    """Encrypts and decrypts message contents; the password never appears in its repr or errors."""
+    """Encrypts and decrypts message contents; the password never appears in its repr or errors.
 
-    def __init__(self, password: str | None, iv: str | None) -> None:
-        self._cipher: Cipher[modes.CBC] | None = None
-        if password:
-            if not iv:
-                raise ConfigurationError("ELASTICIO_MESSAGE_CRYPTO_IV is required when a crypto password is set")
-            iv_bytes = iv.encode("utf-8")
-            if len(iv_bytes) != 16:
-                raise ConfigurationError(f"ELASTICIO_MESSAGE_CRYPTO_IV must be 16 bytes of UTF-8, got {len(iv_bytes)}")
-            key = hashlib.sha256(password.encode("utf-8")).digest()
-            # one Cipher for the process: every encryptor()/decryptor() is a fresh context, safe across threads
-            self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv_bytes))
+    ``previous_password`` (and ``previous_iv``, the current IV when not given) is the password being
+    rotated out: tried only on a body the current one cannot decrypt, never used to encrypt.
+    """
+
+    def __init__(
+        self,
+        password: str | None,
+        iv: str | None,
+        *,
+        previous_password: str | None = None,
+        previous_iv: str | None = None,
+    ) -> None:
+        self._cipher = _aes(password, iv, IV_ENV)
+        previous_iv_name = IV_ENV if iv and not previous_iv else PREVIOUS_IV_ENV  # the variable whose IV is used
+        self._previous = _aes(previous_password, previous_iv or iv, previous_iv_name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MessageCipher:
+        """The cipher of a worker's environment: the current password and, while rotating, the previous one."""
+        return cls(
+            settings.message_crypto_password,
+            settings.message_crypto_iv,
+            previous_password=settings.message_crypto_password_previous,
+            previous_iv=settings.message_crypto_iv_previous,
+        )
 
     def __repr__(self) -> str:
-        return f"MessageCipher(encrypted={self.enabled})"
+        rotating = ", previous=True" if self._previous is not None else ""
+        return f"MessageCipher(encrypted={self.enabled}{rotating})"
 
     @property
     def enabled(self) -> bool:
         return self._cipher is not None
+
+    @property
+    def rotating(self) -> bool:
+        """A previous password is configured (ELASTICIO_MESSAGE_CRYPTO_PASSWORD_PREVIOUS)."""
+        return self._previous is not None
 
     def encrypt(self, value: Any, protocol_version: int = 1) -> bytes:
         """Encrypt a JSON value; returns the AMQP body for the protocol version."""
@@ -65,30 +99,70 @@ class MessageCipher:
         return base64.b64encode(raw)
 
     def decrypt(self, body: bytes, protocol_version: int = 1) -> Any:
-        """Decrypt an AMQP body into the JSON value it carries; DecodeError names the failing step."""
-        text = self.decrypt_text(body, protocol_version)
-        return loads(text, what="message", invalid="message is not valid JSON after decryption")
+        """Decrypt an AMQP body into the JSON value it carries; DecodeError names the failing step.
+
+        With a previous password, a body the current one fails on (at any step: a wrong key may
+        leave valid padding over garbage) is decrypted with the previous one.
+        """
+        try:
+            return _json(_decrypt_text(self._cipher, body, protocol_version))
+        except DecodeError as exc:
+            if self._previous is None:
+                raise
+            return self._with_previous(exc, lambda: _json(_decrypt_text(self._previous, body, protocol_version)))
 
     def decrypt_text(self, body: bytes, protocol_version: int = 1) -> str:
-        if self._cipher is None:
-            return _utf8(body, "message body")
-        if protocol_version >= 2:
-            raw = bytes(body)
-        else:
-            try:
-                raw = binascii.a2b_base64(body.strip(), strict_mode=True)
-            except (binascii.Error, ValueError):
-                raise DecodeError("message body is not valid base64 (protocolVersion 1)") from None
-        if not raw or len(raw) % _BLOCK:
-            raise DecodeError(
-                f"ciphertext length {len(raw)} is not a positive multiple of 16: truncated or not encrypted"
-            )
-        decryptor = self._cipher.decryptor()
-        padded = decryptor.update(raw) + decryptor.finalize()
-        pad = padded[-1]
-        if not 1 <= pad <= _BLOCK or padded[-pad:] != bytes((pad,)) * pad:
-            raise DecodeError("decryption failed (bad padding): wrong password or IV, or corrupted message")
-        return _utf8(padded[:-pad], "decrypted message")
+        try:
+            return _decrypt_text(self._cipher, body, protocol_version)
+        except DecodeError as exc:
+            if self._previous is None:
+                raise
+            return self._with_previous(exc, lambda: _decrypt_text(self._previous, body, protocol_version))
+
+    @staticmethod
+    def _with_previous(current: DecodeError, attempt: Callable[[], T]) -> T:
+        try:
+            return attempt()
+        except DecodeError as exc:
+            also = "the same with" if str(exc) == str(current) else f"{exc}, with"
+            raise DecodeError(f"{current} ({also} the previous password {PREVIOUS_PASSWORD_ENV})") from None
+
+
+def _aes(password: str | None, iv: str | None, iv_name: str) -> Cipher[modes.CBC] | None:
+    """One Cipher for the process (every encryptor()/decryptor() is a fresh context, safe across threads)."""
+    if not password:
+        return None
+    if not iv:
+        raise ConfigurationError(f"{iv_name} is required when a crypto password is set")
+    iv_bytes = iv.encode("utf-8")
+    if len(iv_bytes) != 16:
+        raise ConfigurationError(f"{iv_name} must be 16 bytes of UTF-8, got {len(iv_bytes)}")
+    key = hashlib.sha256(password.encode("utf-8")).digest()
+    return Cipher(algorithms.AES(key), modes.CBC(iv_bytes))
+
+
+def _json(text: str) -> Any:
+    return loads(text, what="message", invalid="message is not valid JSON after decryption")
+
+
+def _decrypt_text(cipher: Cipher[modes.CBC] | None, body: bytes, protocol_version: int) -> str:
+    if cipher is None:
+        return _utf8(body, "message body")
+    if protocol_version >= 2:
+        raw = bytes(body)
+    else:
+        try:
+            raw = binascii.a2b_base64(body.strip(), strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise DecodeError("message body is not valid base64 (protocolVersion 1)") from None
+    if not raw or len(raw) % _BLOCK:
+        raise DecodeError(f"ciphertext length {len(raw)} is not a positive multiple of 16: truncated or not encrypted")
+    decryptor = cipher.decryptor()
+    padded = decryptor.update(raw) + decryptor.finalize()
+    pad = padded[-1]
+    if not 1 <= pad <= _BLOCK or padded[-pad:] != bytes((pad,)) * pad:
+        raise DecodeError("decryption failed (bad padding): wrong password or IV, or corrupted message")
+    return _utf8(padded[:-pad], "decrypted message")
 
 
 def _utf8(data: bytes, what: str) -> str:

@@ -122,6 +122,11 @@ class Settings:
     no_self_passthrough: bool = False  # sailor's NO_SELF_PASSTRHOUGH (its spelling): no passthrough[STEP_ID]
     #: where an updateKeys must go before the input is acked: "api" (sailor's PUT), "amqp"; None: the default
     update_keys_routes: frozenset[str] | None = None
+    #: the password (and IV) being rotated out: decrypts what the current one cannot, never encrypts (oarlock)
+    message_crypto_password_previous: str | None = field(default=None, repr=False)
+    message_crypto_iv_previous: str | None = field(default=None, repr=False)
+    #: routing key of a worker's report of a dead credential to the keys service (oarlock)
+    credential_invalid_routing_key: str = "credentialInvalid"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, api_optional: bool = False) -> Settings:
@@ -196,6 +201,9 @@ class Settings:
             message_time_limit=time_limit if time_limit > 0 else None,
             no_self_passthrough=_bool(env, "NO_SELF_PASSTRHOUGH", False),
             update_keys_routes=_routes(env.get(PREFIX + "UPDATE_KEYS_ROUTES")),
+            message_crypto_password_previous=env.get(PREFIX + "MESSAGE_CRYPTO_PASSWORD_PREVIOUS") or None,
+            message_crypto_iv_previous=env.get(PREFIX + "MESSAGE_CRYPTO_IV_PREVIOUS") or None,
+            credential_invalid_routing_key=env.get(PREFIX + "CREDENTIAL_INVALID_ROUTING_KEY") or "credentialInvalid",
         )
 
     def routes_for(self, *, cfg_from_api: bool) -> frozenset[str]:

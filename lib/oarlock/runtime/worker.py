@@ -122,7 +122,7 @@ class Worker:
         self.step = step
         self.cfg = step.cfg
         self.snapshot: dict[str, Any] = dict(step.snapshot)
-        self.cipher = MessageCipher(settings.message_crypto_password, settings.message_crypto_iv)
+        self.cipher = MessageCipher.from_settings(settings)
         self.encoder = OutgoingEncoder(settings, self.cipher, is_passthrough=step.is_passthrough)
         self._outgoing_headers = OutgoingHeaders(settings)
         self.update_keys_routes = settings.routes_for(cfg_from_api=step.from_platform_api)

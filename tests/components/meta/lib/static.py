@@ -1,0 +1,2 @@
+def process(msg, cfg, snapshot, ctx):
+    return {"body": msg.body}
