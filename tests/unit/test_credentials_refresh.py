@@ -22,18 +22,27 @@ from tests.support import provider_cfg
 
 
 class UpdateList:
-    """A sink keeping the payloads of the updateKeys events it is given."""
+    """A sink keeping the payloads of the updateKeys events it is given (and the dead-credential reports apart)."""
 
-    def __init__(self, updates: list[dict[str, Any]]) -> None:
+    def __init__(self, updates: list[dict[str, Any]], reports: list[dict[str, Any]] | None = None) -> None:
         self.updates = updates
+        self.reports = reports if reports is not None else []
 
     def emit(self, event: Event) -> None:
+        if event.name is EventName.CREDENTIAL_INVALID:
+            self.reports.append(event.payload)
+            return
         assert event.name is EventName.UPDATE_KEYS
         self.updates.append(event.payload)
 
 
-def session_for(manager: CredentialManager, cfg: dict[str, Any], updates: list[dict[str, Any]]) -> requests.Session:
-    return authorized_session(manager, manager.newest_cfg(cfg), sink=UpdateList(updates))
+def session_for(
+    manager: CredentialManager,
+    cfg: dict[str, Any],
+    updates: list[dict[str, Any]],
+    reports: list[dict[str, Any]] | None = None,
+) -> requests.Session:
+    return authorized_session(manager, manager.newest_cfg(cfg), sink=UpdateList(updates, reports))
 
 
 def hammer(threads: int, calls: int, fn: Callable[[], object]) -> list[BaseException]:
@@ -151,15 +160,19 @@ def test_a_revoked_credential_fails_fast_during_the_cooldown_and_other_accounts_
         dead["oauth"]["expires_at"] = alive["oauth"]["expires_at"] = 0
         provider.revoke("dead")
         manager = CredentialManager(clock=lambda: now[0], cooldown_seconds=30)
+        reports: list[dict[str, Any]] = []
         for _ in range(5):
             with pytest.raises(CredentialNeedsReauthorization, match="account acct-dead must be re-authorized"):
-                session_for(manager, dead, []).get(f"{provider.url}/api/me")
-            assert session_for(manager, alive, []).get(f"{provider.url}/api/me").status_code == 200
+                session_for(manager, dead, [], reports).get(f"{provider.url}/api/me")
+            assert session_for(manager, alive, [], reports).get(f"{provider.url}/api/me").status_code == 200
         assert provider.stats()["invalid_grant"] == 1, "no token request for the dead credential in the cooldown"
+        assert len(reports) == 1, "the keys service hears of a dead credential once per cooldown, not per message"
+        assert reports[0]["type"] == "credentialInvalid" and reports[0]["account"] == "acct-dead"
+        assert reports[0]["state"] == "needs_reauthorization" and "invalid_grant" in reports[0]["reason"]
         now[0] += 31
         with pytest.raises(CredentialNeedsReauthorization):
-            session_for(manager, dead, []).get(f"{provider.url}/api/me")
-        assert provider.stats()["invalid_grant"] == 2
+            session_for(manager, dead, [], reports).get(f"{provider.url}/api/me")
+        assert provider.stats()["invalid_grant"] == 2 and len(reports) == 2
 
 
 def test_a_new_credential_from_the_platform_ends_the_cooldown() -> None:

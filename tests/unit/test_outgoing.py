@@ -146,6 +146,21 @@ def test_update_keys_goes_encrypted_to_its_routing_key() -> None:
     assert out.headers["protocolVersion"] == 1  # the keys consumer decrypts by it
 
 
+def test_a_dead_credential_report_goes_encrypted_to_its_own_routing_key() -> None:
+    report = {"type": "credentialInvalid", "account": "a", "version": 3, "state": "needs_reauthorization"}
+    (out,), is_error = encoder().encode(view(), Event(EventName.CREDENTIAL_INVALID, report))
+    assert not is_error and out.routing_key == "credentialInvalid" and CIPHER.decrypt(out.body) == report
+    assert out.headers["protocolVersion"] == 1
+
+
+def test_a_function_cannot_emit_a_dead_credential_report_itself() -> None:
+    from oarlock.errors import EmitError
+    from oarlock.protocol.events import normalise
+
+    with pytest.raises(EmitError, match="unknown event 'credentialInvalid'"):
+        normalise("credentialInvalid", {"account": "someone-else"})
+
+
 def test_an_http_reply_needs_reply_to_and_a_body_within_the_size_limit() -> None:
     reply = {"statusCode": 200, "body": {"ok": True}, "headers": {}}
     (out,), _ = encoder().encode(view({"reply_to": "r"}), Event(EventName.HTTP_REPLY, reply))

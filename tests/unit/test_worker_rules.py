@@ -277,6 +277,10 @@ def test_an_update_keys_is_confirmed_before_the_input_is_acked() -> None:
             made.transport.wait_for(lambda: made.transport.published_to(KEYS["data"]))
             (update,) = made.bodies("rk.keys")
             assert update["account"] == "acct-rule" and update["oauth"]["access_token"]
+            # the keys service is told how to keep the account alive, never with the client secret
+            assert (
+                update["oauth2"]["client_id"] == cfg["oauth2"]["client_id"] and "client_secret" not in update["oauth2"]
+            )
             assert made.transport.acked == []
             made.transport.release_confirms()
             made.settled()
@@ -285,6 +289,26 @@ def test_an_update_keys_is_confirmed_before_the_input_is_acked() -> None:
         keys_at = [m.routing_key for m in made.transport.published].index("rk.keys")
         assert keys_at < [m.routing_key for m in made.transport.published].index(KEYS["data"])
         assert len(made.transport.acked) == 1 and provider.stats()["refresh_calls"] == 1
+
+
+def test_a_dead_credential_is_reported_to_the_keys_service_once_not_per_message() -> None:
+    with DevProvider(ttl=3600) as provider:
+        cfg = provider.cfg(account="acct-dead")
+        cfg["oauth"]["expires_at"] = 1.0
+        provider.revoke()
+        made = Rig("api", cfg, ELASTICIO_CREDENTIAL_INVALID_ROUTING_KEY="rk.invalid")
+        made.worker.start()
+        try:
+            for n in range(3):
+                made.send({"n": n}, message_id=f"m-{n}")
+            made.settled(3)
+        finally:
+            made.worker.stop()
+        (report,) = made.bodies("rk.invalid")
+        assert report["type"] == "credentialInvalid" and report["account"] == "acct-dead"
+        assert report["state"] == "needs_reauthorization" and "invalid_grant" in report["reason"]
+        assert isinstance(report["version"], int)
+        assert len(made.transport.rejected) == 3 and provider.stats()["invalid_grant"] == 1
 
 
 def test_prefetch_bounds_how_many_inputs_are_unsettled_at_once() -> None:

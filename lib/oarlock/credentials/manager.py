@@ -283,6 +283,9 @@ class CredentialManager:
                     state.dead_until = self.clock() + self.cooldown_seconds
                     state.dead_error = exc
                     log.error("%s", exc, extra={"account": account})
+                    report = {"type": "credentialInvalid", "account": account, "version": state.version}
+                    report.update(state="needs_reauthorization", reason=str(exc))
+                    bound.sink.emit(Event(EventName.CREDENTIAL_INVALID, report))  # once per cooldown
                     raise
                 # the provider answered: from here on the new credential is never lost, whatever the store says
                 now = self.clock()
@@ -292,7 +295,8 @@ class CredentialManager:
                 state.stamped = False
                 register_credential(state.token.data)
                 if store is not None:
-                    persisted = store.save(state, account, copy.deepcopy(state.token.data), state.version, response)
+                    data = copy.deepcopy(state.token.data)
+                    persisted = store.save(state, account, data, state.version, response, settings.public())
             update = self._update_payload(state, settings, account, response)
             self._log_refresh(state, settings, account, reason)
         bound.sink.emit(Event(EventName.UPDATE_KEYS, update, persisted=persisted))
@@ -376,6 +380,7 @@ class CredentialManager:
             "response": copy.deepcopy(dict(response)),
             "account": account,
             "version": state.version,
+            "oauth2": settings.public(),  # what the keys service needs to keep it alive; never the client secret
         }
         if not settings.persist:
             payload["persist"] = False

@@ -54,6 +54,18 @@ class RefreshSettings:
     def __repr__(self) -> str:  # never show the client secret
         return f"RefreshSettings(token_uri={self.token_uri!r}, client_id={self.client_id!r}, refresh={self.refresh!r})"
 
+    def public(self) -> dict[str, str]:
+        """What refreshing needs beside the client secret (which is never in it): stored with the credential."""
+        named = {
+            "token_uri": self.token_uri,
+            "client_id": self.client_id,
+            "client_auth": self.client_auth,
+            "scope": self.scope,
+            "provider": self.preset.name,
+            "grant_type": self.grant_type,
+        }
+        return {key: value for key, value in named.items() if value}
+
     @classmethod
     def from_cfg(cls, oauth2: Mapping[str, Any] | None) -> RefreshSettings:
         raw = dict(oauth2 or {})

@@ -67,7 +67,12 @@ class RefreshCoordinator(Protocol):
     def get(self, account: str) -> StoredCredentialLike | None: ...
 
     def save(
-        self, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None = None
+        self,
+        account: str,
+        oauth: dict[str, Any],
+        version: int,
+        response: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> bool: ...
 
 
@@ -214,7 +219,13 @@ class StoreSync:
         note(logging.INFO, account, "%s (version %s)", why, stored.version)
 
     def save(
-        self, state: AccountState, account: str, oauth: dict[str, Any], version: int, response: dict[str, Any] | None
+        self,
+        state: AccountState,
+        account: str,
+        oauth: dict[str, Any],
+        version: int,
+        response: dict[str, Any] | None,
+        settings: dict[str, Any] | None = None,
     ) -> bool:
         """Write with bounded retries; True if the store has it. When every attempt fails it becomes pending."""
         attempts = 1 + len(self.retry_delays)
@@ -223,7 +234,7 @@ class StoreSync:
             if attempt:
                 self.sleep(self.retry_delays[attempt - 1])
             try:
-                self.coordinator.save(account, oauth, version, response)
+                self.coordinator.save(account, oauth, version, response, settings)
             except KeyStoreError as exc:
                 error = redact_text(str(exc))
                 note(

@@ -36,9 +36,12 @@ class EventName(enum.StrEnum):
     UPDATE_KEYS = "updateKeys"
     HTTP_REPLY = "httpReply"
     END = "end"
+    #: oarlock's own: the refresh engine's report of a dead credential to the keys service (never a function's)
+    CREDENTIAL_INVALID = "credentialInvalid"
 
 
-EVENT_NAMES: frozenset[str] = frozenset(e.value for e in EventName)
+#: what a function may emit
+EVENT_NAMES: frozenset[str] = frozenset(e.value for e in EventName) - {EventName.CREDENTIAL_INVALID.value}
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,10 @@ class OutgoingEncoder:
             return Encoded([self.update_keys(view, event.payload)], False)
         if name is EventName.HTTP_REPLY:
             return Encoded([self.http_reply(view, event.payload)], False)
+        if name is EventName.CREDENTIAL_INVALID:  # encrypted like updateKeys, to the keys service
+            body = self.cipher.encrypt(event.payload, self.settings.protocol_version)
+            headers = self.headers(view, version=True)
+            return Encoded([self._to(self.settings.credential_invalid_routing_key, body, headers)], False)
         return Encoded([], False)
 
     # -- one per event ------------------------------------------------------------------------------

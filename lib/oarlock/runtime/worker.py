@@ -444,6 +444,10 @@ class Worker:
         elif event.name is EventName.UPDATE_KEYS:
             self._update_keys(job, event)
             return
+        elif event.name is EventName.CREDENTIAL_INVALID:  # to an oarlock platform's keys service, not settled
+            if "amqp" in self.update_keys_routes:
+                self.transport.publish(self.encoder.encode(job.view, event).messages[0])
+            return
         try:
             encoded = self.encoder.encode(job.view, event)
         except EncodeError as exc:
