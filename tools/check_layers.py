@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "oarlock.redact",
         "oarlock.logs",
     ),
+    ("oarlock.metrics",),  # prometheus_client only: the hooks the layers above call, the /metrics server
     ("oarlock.amqp",),  # the door to pika: neutral Incoming/Outgoing types and the transport
     ("oarlock.protocol",),  # sailor's contract, no I/O
     ("oarlock.component",),

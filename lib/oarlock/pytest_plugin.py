@@ -239,10 +239,10 @@ def verify_component(
     from oarlock.redact import redact
     from oarlock.runtime.verify import verify_with_keys
 
-    verifier = Component.load(component).verifier_path()
+    loaded = Component.load(component)
     store = _open_keys(keys)
     try:
-        result = verify_with_keys(verifier, _cfg(cfg), keys=store)
+        result = verify_with_keys(loaded.verifier_path(), _cfg(cfg), keys=store, component=loaded)
     finally:
         if store is not None:
             store.close()

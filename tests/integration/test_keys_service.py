@@ -300,11 +300,12 @@ def test_refresh_dormant_refreshes_sleeping_credentials_and_reports_dead_ones(tm
             ],
             env={"OARLOCK_CLIENT_SECRET": "oarlock-dev-secret"},
         )
-        results = {r["account"]: r for r in map(json.loads, done.stdout.splitlines())}
+        summary = json.loads(done.stdout)  # one summary line (the keep-alive's run_once)
         stats = provider.stats()
     assert done.returncode == 1
-    assert results["acct-alive"]["refreshed"] is True and results["acct-alive"]["version"] > 1
-    assert results["acct-dead"]["refreshed"] is False and "must be re-authorized" in results["acct-dead"]["error"]
+    assert summary["refreshed"] == ["acct-alive"] and summary["versions"]["acct-alive"] > 1
+    assert summary["needs_reauthorization"] == ["acct-dead"]
+    assert "must be re-authorized" in summary["reasons"]["acct-dead"]
     stored = store.get("acct-alive")
     assert stored is not None and stored.oauth["refresh_token"] != alive["refresh_token"]
     assert stats["refresh_calls"] == 2 and dead["refresh_token"] not in done.stdout + done.stderr
@@ -322,4 +323,5 @@ def test_refresh_dormant_refreshes_sleeping_credentials_and_reports_dead_ones(tm
             "x",
         ]
     )
-    assert untouched.returncode == 0 and untouched.stdout == ""
+    idle = json.loads(untouched.stdout)  # a summary line even when nothing was due
+    assert untouched.returncode == 0 and idle["checked"] == 2 and idle["due"] == [] and idle["refreshed"] == []

@@ -70,11 +70,15 @@ def test_client_credentials_and_authorization_code_grants(dev_provider: DevProvi
     assert "state=s1" in location
     code = location.split("code=")[1].split("&")[0]
     granted = requests.post(
-        dev_provider.token_url, data={"grant_type": "authorization_code", "code": code, **CLIENT}, timeout=10
+        dev_provider.token_url,
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": "http://127.0.0.1:1/cb", **CLIENT},
+        timeout=10,
     )
     assert granted.status_code == 200 and granted.json()["refresh_token"].startswith("rt-")
     again = requests.post(
-        dev_provider.token_url, data={"grant_type": "authorization_code", "code": code, **CLIENT}, timeout=10
+        dev_provider.token_url,
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": "http://127.0.0.1:1/cb", **CLIENT},
+        timeout=10,
     )
     assert again.json()["error"] == "invalid_grant"
 

@@ -10,6 +10,7 @@ and the password and IV that cipher was built from (for a worker's environment).
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 import pika
 import pika.adapters.blocking_connection
 import pika.spec
+
+from oarlock.amqp.tls import AmqpTls, url_parameters
 
 DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/%2F"
 PASSWORD = "testCryptoPassword"
@@ -83,7 +86,8 @@ class BrokerSandbox(Generic[CipherT]):
 
     # -- setup -------------------------------------------------------------------------------------
     def __enter__(self) -> Self:
-        self._connection = pika.BlockingConnection(pika.URLParameters(self.amqp_uri))
+        # amqps:// is verified as the worker's transport does it (ELASTICIO_AMQP_TLS_*)
+        self._connection = pika.BlockingConnection(url_parameters(self.amqp_uri, AmqpTls.from_env(os.environ)))
         channel = self._channel = self._connection.channel()
         channel.exchange_declare(self.exchange, exchange_type="direct")
         channel.queue_declare(self.input_queue)

@@ -14,6 +14,10 @@ The hot path (:mod:`oarlock.amqp.hotpath`: deliveries and confirms read straight
 receive buffer, publishes marshalled in one go, a turn's frames written at once) is a layer on
 top of pika's ``SelectConnection``. ``OARLOCK_AMQP_HOT_PATH=off`` (or ``hot_path=False``) runs on
 plain pika instead: the same behaviour, pika's own code for every frame.
+
+``amqps://`` is TLS, verified (:mod:`oarlock.amqp.tls`). :meth:`start` retries until its deadline,
+gives up at once when retrying cannot help and returns as soon as the ``stop`` event is set; pika's
+log lines are folded into one line per attempt and per lost connection (:mod:`oarlock.amqp.failures`).
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ import pika.spec
 from pika.adapters.select_connection import IOLoop
 
 from oarlock.amqp.acks import AckWindow
+from oarlock.amqp.failures import Attempts, Failure, describe_failure, hush_pika
 from oarlock.amqp.fieldtable import FastProperties
 from oarlock.amqp.hotpath import HotPathConnection
+from oarlock.amqp.tls import AmqpTls, url_parameters
 from oarlock.amqp.types import Confirm, Incoming, IncomingHandler, Outgoing, call_when_all_done
 from oarlock.errors import PublishError, TransportError
 
@@ -67,17 +73,24 @@ class AmqpTransport:
         name: str = "oarlock",
         reconnect_max_seconds: float = 30.0,
         hot_path: bool | None = None,
+        tls: AmqpTls | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
+        """``tls`` None: from ELASTICIO_AMQP_TLS_*; ``stop`` set: a :meth:`start` still connecting returns, closed.
+        ConfigurationError for a URI pika cannot parse or TLS settings that cannot be used."""
         self.hot_path = hot_path_enabled(os.environ) if hot_path is None else hot_path
         self._connection_class: type[pika.SelectConnection] = (
             HotPathConnection if self.hot_path else pika.SelectConnection
         )
-        self._params = pika.URLParameters(amqp_uri)
+        self.tls = AmqpTls.from_env(os.environ) if tls is None else tls
+        self._params = url_parameters(amqp_uri, self.tls)
+        self.broker = f"{self._params.host}:{self._params.port} (vhost {self._params.virtual_host})"  # no password
+        self._stop = stop
         self._params.heartbeat = self._params.heartbeat or 30
         self._params.client_properties = {"connection_name": name, "product": "oarlock"}
         self._ioloop = IOLoop()
         self._thread: threading.Thread | None = None
-        self._reconnect_max = reconnect_max_seconds
+        self._attempts = Attempts(self.broker, max_delay=reconnect_max_seconds, trust=self.tls.trust())
         self._consume_conn: pika.SelectConnection | None = None
         self._publish_conn: pika.SelectConnection | None = None
         self._consume_channel: pika.channel.Channel | None = None
@@ -101,18 +114,21 @@ class AmqpTransport:
         self.generation = 0
         self._ready = threading.Event()
         self._closing = False
-        self._attempt = 0
         self._reconnect_scheduled = -1
         self.connected_once = threading.Event()
-        self.last_error: str | None = None
+        self._unhush: Callable[[], None] = lambda: None
 
     # -- lifecycle (any thread) --------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> None:
+        """Connect; TransportError naming broker and reason past ``timeout`` or when retrying cannot help."""
+        self._unhush = hush_pika()
         self._thread = threading.Thread(target=self._run, name="oarlock-amqp", daemon=True)
         self._thread.start()
-        if not self.connected_once.wait(timeout):
-            self.close()
-            raise TransportError(f"cannot connect to the broker within {timeout:g} s: {self.last_error or 'no answer'}")
+        try:
+            self._attempts.wait(self.connected_once, timeout, self._stop)
+        finally:
+            if not self.connected_once.is_set():  # given up, or stopped
+                self.close()
 
     def _run(self) -> None:
         self._io_thread = threading.get_ident()
@@ -120,21 +136,24 @@ class AmqpTransport:
         self._ioloop.start()
 
     def close(self) -> None:
+        """Flush acks, close both connections, stop the I/O thread (idempotent)."""
         self._closing = True
-
-        def shut() -> None:
-            self._flush_acks()
-            for conn in (self._consume_conn, self._publish_conn):
-                if conn is not None and conn.is_open:
-                    conn.close()
-            self._ioloop.call_later(0.2, self._ioloop.stop)
-
         try:
-            self._ioloop.add_callback_threadsafe(shut)
+            if self._thread is not None and self._thread.is_alive():
+                self._ioloop.add_callback_threadsafe(self._shut)
+                if self._thread is not threading.current_thread():
+                    self._thread.join(10)
         except Exception:  # the loop is already gone
             return
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10)
+        finally:
+            self._unhush()
+
+    def _shut(self) -> None:
+        self._flush_acks()
+        for conn in (self._consume_conn, self._publish_conn):
+            if conn is not None and conn.is_open:
+                conn.close()
+        self._ioloop.call_later(0.2, self._ioloop.stop)
 
     def call(self, fn: Callable[[], None]) -> None:
         """Run fn on the I/O thread, in order; one wake-up of the loop serves a whole batch of calls."""
@@ -181,34 +200,33 @@ class AmqpTransport:
             return
         self._ready.clear()
         self.generation += 1
-        self._consume_conn = self._connection_class(
-            self._params,
-            on_open_callback=self._on_consume_open,
-            on_open_error_callback=self._on_open_error,
-            on_close_callback=self._on_closed,
-            custom_ioloop=self._ioloop,
-        )
-        self._publish_conn = self._connection_class(
-            self._params,
-            on_open_callback=self._on_publish_open,
-            on_open_error_callback=self._on_open_error,
-            on_close_callback=self._on_closed,
-            custom_ioloop=self._ioloop,
+        self._consume_conn, self._publish_conn = (
+            self._connection_class(
+                self._params,
+                on_open_callback=on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed,
+                custom_ioloop=self._ioloop,
+            )
+            for on_open in (self._on_consume_open, self._on_publish_open)  # consuming first, then publishing
         )
         if isinstance(self._consume_conn, HotPathConnection) and isinstance(self._publish_conn, HotPathConnection):
             self._consume_conn.after_read = self._publish_conn.after_read = self._send_now
 
     def _on_open_error(self, conn: pika.SelectConnection, error: BaseException | str) -> None:
-        self.last_error = _describe(error)
-        self._schedule_reconnect()
+        failure = describe_failure(error)
+        if failure.permanent and not self.connected_once.is_set():
+            self._attempts.permanent = failure  # start() gives up: the next attempt would fail the same way
+            return
+        self._schedule_reconnect(failure)
 
     def _on_closed(self, conn: pika.SelectConnection, reason: BaseException) -> None:
-        if self._closing:
-            return
-        log.warning("broker connection closed (%s): reconnecting", reason)
+        if self._closing or self._reconnect_scheduled == self.generation:
+            return  # the other connection of the pair said it already
+        log.warning("broker connection to %s lost (%s): reconnecting", self.broker, describe_failure(reason).reason)
         self._schedule_reconnect()
 
-    def _schedule_reconnect(self) -> None:
+    def _schedule_reconnect(self, failure: Failure | None = None) -> None:
         if self._closing or self._reconnect_scheduled == self.generation:
             return
         generation = self._reconnect_scheduled = self.generation
@@ -225,8 +243,7 @@ class AmqpTransport:
         for conn in (self._consume_conn, self._publish_conn):
             if conn is not None and conn.is_open:
                 conn.close()
-        self._attempt += 1
-        delay = min(self._reconnect_max, 0.2 * 2 ** min(self._attempt, 10))
+        delay = self._attempts.failed(failure, connected_before=self.connected_once.is_set())
         self._ioloop.call_later(delay, lambda: self._reconnect_if(generation))
 
     def _reconnect_if(self, generation: int) -> None:
@@ -255,16 +272,16 @@ class AmqpTransport:
             self._publish_conn.listen_for_confirms(channel.channel_number, self._on_confirm)
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
-        if self._closing:
+        if self._closing or self._reconnect_scheduled == self.generation:
             return
-        log.warning("broker channel closed (%s): reconnecting", reason)
+        log.warning("broker channel on %s closed (%s): reconnecting", self.broker, describe_failure(reason).reason)
         self._schedule_reconnect()
 
     def _check_ready(self) -> None:
         if self._consume_channel is None or self._publish_channel is None:
             return
         if self._publish_channel.is_open and self._consume_channel.is_open:
-            self._attempt = 0
+            self._attempts.connected()
             self._ready.set()
             self.connected_once.set()
             waiting, self._waiting = self._waiting, []
@@ -327,6 +344,9 @@ class AmqpTransport:
 
     def stop_consuming(self) -> Future[None]:
         done: Future[None] = Future()
+        if self._closing:  # nothing consumes on a closed transport, and its loop may be gone
+            done.set_result(None)
+            return done
 
         def stop() -> None:
             self._consuming_wanted = False
@@ -476,11 +496,3 @@ def _properties(message: Outgoing) -> pika.BasicProperties:
         delivery_mode=2 if message.persistent else 1,
         expiration=message.expiration,
     )
-
-
-def _describe(error: BaseException | str) -> str:
-    """A one-line reason for a failed connection attempt (pika's errors often carry their cause in args)."""
-    if not isinstance(error, BaseException):
-        return str(error)
-    detail = str(error) or "; ".join(str(arg) for arg in error.args if str(arg))
-    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__

@@ -14,13 +14,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from oarlock.errors import KeyStoreError, OarlockError, TransportError
+from oarlock.keys.accounts import ACTIVE, AccountState
 from oarlock.keys.store import KeyStore, StoredCredential, open_store, safe_url
 from oarlock.redact import redact, register_credential
 
@@ -36,7 +37,11 @@ store_option = click.option(
 )
 
 
-def _open(url: str) -> KeyStore:
+def _open(url: str, *, existing: int | None = None) -> KeyStore:
+    """The store at URL, or exit 2 naming why; ``existing``: a SQLite file that is not there is not created, exit with it."""
+    if existing is not None and "://" not in url and not Path(url).exists():
+        click.echo(f"oarlock: no keys store at {url} (nothing stored there yet; check --keys)", err=True)
+        sys.exit(existing)
     try:
         return open_store(url)
     except OarlockError as exc:
@@ -45,20 +50,60 @@ def _open(url: str) -> KeyStore:
 
 
 def _iso(epoch: Any) -> str | None:
-    if not isinstance(epoch, (int, float)):
+    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def describe(stored: StoredCredential, reveal: bool) -> dict[str, Any]:
+def describe(
+    stored: StoredCredential,
+    reveal: bool,
+    state: AccountState | None = None,
+    secrets: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """One account as an operator reads it: version, expiry, state, last refresh, whether its client secret is known."""
     oauth = stored.oauth if reveal else redact(stored.oauth)
+    settings = stored.settings or {}
+    effective = state.effective(stored.version) if state is not None else ACTIVE
+    failing = state is not None and effective != ACTIVE
+    last_refresh = state.last_refresh if state is not None and state.last_refresh else stored.oauth.get("obtained_at")
+    client_id = settings.get("client_id")
     return {
         "account": stored.account,
+        "state": effective,
         "version": stored.version,
         "updated_at": _iso(stored.updated_at),
         "expires_at": _iso(stored.oauth.get("expires_at")),
+        "last_refresh": _iso(last_refresh),
+        "failures": state.failures if failing and state is not None else 0,
+        "reason": state.reason if failing and state is not None else None,
+        "since": _iso(state.since) if failing and state is not None else None,
+        "provider": settings.get("provider"),
+        "token_uri": settings.get("token_uri"),
+        "client_id": client_id,
+        # null: no --client-secrets given; false: the service could not refresh this account
+        "client_secret_known": None if secrets is None else bool(client_id and client_id in secrets),
         "oauth": oauth,
     }
+
+
+def _secrets(path: str | None) -> Mapping[str, str] | None:
+    if path is None:
+        return None
+    from oarlock.keys.secrets import load_client_secrets
+
+    try:
+        return load_client_secrets(path)
+    except OarlockError as exc:
+        _usage(str(exc))
+
+
+secrets_option = click.option(
+    "--client-secrets",
+    "secrets_path",
+    default=None,
+    help="JSON file mapping client_id to client secret: say whether each account's secret is known.",
+)
 
 
 @click.group("keys")
@@ -69,18 +114,21 @@ def keys_group() -> None:
 @keys_group.command("list")
 @store_option
 @click.option("--reveal", is_flag=True, help="Show tokens instead of masking them.")
-def list_command(store_url: str, reveal: bool) -> None:
-    """One JSON line per stored account."""
-    store = _open(store_url)
+@secrets_option
+def list_command(store_url: str, reveal: bool, secrets_path: str | None) -> None:
+    """One JSON line per stored account: state, version, expiry, last refresh, last failure (secrets masked)."""
+    secrets = _secrets(secrets_path)
+    store = _open(store_url, existing=2)
     try:
         listed = store.list()
+        states = {state.account: state for state in store.states()}
     except OarlockError as exc:  # sealed rows without the key, a store that went away, …
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(2)
     finally:
         store.close()
     for stored in listed:
-        summary = describe(stored, reveal)
+        summary = describe(stored, reveal, states.get(stored.account), secrets)
         summary["fields"] = sorted(stored.oauth)
         if not reveal:
             summary.pop("oauth")
@@ -91,11 +139,14 @@ def list_command(store_url: str, reveal: bool) -> None:
 @click.argument("account")
 @store_option
 @click.option("--reveal", is_flag=True, help="Show tokens instead of masking them.")
-def show_command(account: str, store_url: str, reveal: bool) -> None:
-    """The stored credential of ACCOUNT as JSON."""
-    store = _open(store_url)
+@secrets_option
+def show_command(account: str, store_url: str, reveal: bool, secrets_path: str | None) -> None:
+    """The stored credential of ACCOUNT and its state as one JSON object."""
+    secrets = _secrets(secrets_path)
+    store = _open(store_url, existing=1)  # like an account the store does not hold
     try:
         stored = store.get(account)
+        state = store.state(account) if stored is not None else None
     except OarlockError as exc:
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(2)
@@ -104,7 +155,7 @@ def show_command(account: str, store_url: str, reveal: bool) -> None:
     if stored is None:
         click.echo(f"oarlock: no credential stored for account {account}", err=True)
         sys.exit(1)
-    click.echo(json.dumps(describe(stored, reveal), ensure_ascii=False, indent=2))
+    click.echo(json.dumps(describe(stored, reveal, state, secrets), ensure_ascii=False, indent=2))
 
 
 def _token_set(path: str) -> dict[str, Any]:
@@ -182,43 +233,88 @@ def delete_command(account: str, store_url: str) -> None:
 @keys_group.command("refresh-dormant")
 @store_option
 @click.option(
-    "--idle-days",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Refresh credentials not updated for this many days (Microsoft revokes after 90).",
+    "--client-secrets",
+    "client_secrets",
+    default=None,
+    help="JSON file mapping client_id to client secret; each account is refreshed with its own client's.",
 )
-@click.option("--token-uri", required=True, help="The provider's token endpoint.")
-@click.option("--client-id", envvar="OARLOCK_CLIENT_ID", required=True, help="OAuth2 client id (or OARLOCK_CLIENT_ID).")
+@click.option(
+    "--idle",
+    "idle_seconds",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Refresh credentials not updated for this many seconds, whatever their provider (default: per preset).",
+)
+@click.option(
+    "--idle-days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="The same in days (default: per preset: Microsoft 14, Salesforce / no expiry 1, generic 7).",
+)
+@click.option("--token-uri", default=None, help="Default token endpoint, for accounts stored without refresh settings.")
+@click.option("--client-id", envvar="OARLOCK_CLIENT_ID", default=None, help="Its client id (or OARLOCK_CLIENT_ID).")
 @click.option(
     "--client-secret",
     envvar="OARLOCK_CLIENT_SECRET",
     default=None,
-    help="OAuth2 client secret (better: OARLOCK_CLIENT_SECRET in the environment).",
+    help="Its client secret (better: OARLOCK_CLIENT_SECRET in the environment).",
 )
 @click.option("--client-auth", type=click.Choice(["post", "basic"]), default="post", show_default=True)
 def refresh_dormant_command(
-    store_url: str, idle_days: float, token_uri: str, client_id: str, client_secret: str | None, client_auth: str
+    store_url: str,
+    client_secrets: str | None,
+    idle_seconds: float | None,
+    idle_days: float | None,
+    token_uri: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    client_auth: str,
 ) -> None:
-    """Refresh stored credentials that slept, before the provider's inactivity window closes."""
+    """Refresh stored credentials that slept, before the provider's inactivity window closes (one keep-alive cycle).
+
+    Each account is refreshed at its own stored token_uri with its own client_id and that client's
+    secret from --client-secrets; --token-uri/--client-id/--client-secret are the settings of
+    accounts stored without any. Prints one JSON summary line (also when nothing was due); exit 1
+    when this run found an account failing, needing re-authorization or that it could not try (no
+    secret, no settings), 2 on a usage, configuration or store error.
+    """
     from oarlock import logs
-    from oarlock.keys.dormant import refresh_dormant
-    from oarlock.redact import register_secret
+    from oarlock.keys.keepalive import Keepalive
+    from oarlock.keys.secrets import load_client_secrets
+    from oarlock.redact import redact_text, register_secret
 
     logs.configure(os.environ.get("ELASTICIO_LOG_LEVEL", "warning"))
     register_secret(client_secret)
+    if idle_seconds is not None and idle_days is not None:
+        _usage("give --idle SECONDS or --idle-days DAYS, not both")
+    if (token_uri is None) != (client_id is None):
+        _usage("--token-uri and --client-id go together (the default settings of accounts stored without any)")
+    default_oauth2 = None
+    if token_uri is not None:
+        default_oauth2 = {
+            "token_uri": token_uri,
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "client_auth": client_auth,
+        }
+    try:
+        secrets = load_client_secrets(client_secrets) if client_secrets is not None else {}
+    except OarlockError as exc:
+        _usage(str(exc))
+    override = idle_seconds if idle_seconds is not None else None if idle_days is None else idle_days * 86400
     store = _open(store_url)
-    oauth2 = {
-        "token_uri": token_uri,
-        "client_id": client_id,
-        "client_secret": client_secret,
-        "client_auth": client_auth,
-    }
-    results = refresh_dormant(store, oauth2, idle_seconds=idle_days * 86400)
-    store.close()
-    for result in results:
-        click.echo(json.dumps({k: v for k, v in result.__dict__.items() if v is not None}, ensure_ascii=False))
-    sys.exit(1 if any(not r.refreshed for r in results) else 0)
+    try:
+        keepalive = Keepalive(store, secrets, idle_override=override, default_oauth2=default_oauth2)
+        summary = keepalive.run_once()
+        keepalive.close()
+    except OarlockError as exc:
+        _usage(str(exc))
+    finally:
+        store.close()
+    line = summary.as_dict()
+    line["reasons"] = {account: redact_text(reason) for account, reason in summary.reasons.items()}
+    click.echo(json.dumps(line, ensure_ascii=False))
+    sys.exit(1 if summary.problems else 0)
 
 
 @keys_group.command("serve")
@@ -232,8 +328,21 @@ def refresh_dormant_command(
 @click.option("--crypto-password", envvar="ELASTICIO_MESSAGE_CRYPTO_PASSWORD", help="Message crypto password.")
 @click.option("--crypto-iv", envvar="ELASTICIO_MESSAGE_CRYPTO_IV", help="Message crypto IV (16 bytes).")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option(
+    "--metrics",
+    "metrics_addr",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve /metrics, /healthz and /readyz on HOST:PORT, :PORT or PORT (host 127.0.0.1); off by default.",
+)
 def serve_command(
-    store_url: str, amqp_uri: str, queue: str, crypto_password: str | None, crypto_iv: str | None, burst: bool
+    store_url: str,
+    amqp_uri: str,
+    queue: str,
+    crypto_password: str | None,
+    crypto_iv: str | None,
+    burst: bool,
+    metrics_addr: str | None,
 ) -> None:
     """Consume updateKeys messages and persist them; ack only after the store committed.
 
@@ -252,6 +361,10 @@ def serve_command(
             "previous_iv": os.environ.get(PREVIOUS_IV_ENV),
         }
         service = KeysService(store, amqp_uri, queue, MessageCipher(crypto_password, crypto_iv, **previous))
+        if metrics_addr:
+            from oarlock.keys.metered import serve_metrics
+
+            serve_metrics(metrics_addr, service, store)  # ConfigurationError (exit 2) when it cannot be bound
         stored = service.run(burst=burst)
     except TransportError as exc:  # the broker cannot be reached, or the queue cannot be consumed
         click.echo(f"oarlock: {exc}", err=True)

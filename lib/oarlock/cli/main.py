@@ -30,6 +30,7 @@ LAZY_COMMANDS = {
     "peek": ("oarlock.cli.inspect", "peek_command"),
     "meta": ("oarlock.cli.meta", "meta_command"),
     "select": ("oarlock.cli.meta", "select_command"),
+    "auth": ("oarlock.cli.auth", "auth_group"),
 }
 DEFAULT_KEYS = Path(".oarlock") / "keys.sqlite"
 
@@ -145,8 +146,8 @@ def call(
         if msg_path is not None:
             lines = [json.dumps(read_json_file(msg_path, "message file"))]
             errors = local.run(lines)
-        else:
-            errors = local.run(sys.stdin)
+        else:  # a trigger started from a terminal does not wait for typed input: it polls once
+            errors = local.run([] if local.is_trigger and sys.stdin.isatty() else sys.stdin)
     except (ConfigurationError, KeyStoreError) as exc:
         fail(str(exc))
         return
@@ -177,7 +178,7 @@ def verify(component_dir: str, cfg_path: str, keys_path: str, no_keys: bool, log
         component = Component.load(component_dir)
         cfg = read_cfg(cfg_path)
         keys = None if no_keys else open_store(keys_path)
-        result = verify_with_keys(component.verifier_path(), cfg, keys=keys)
+        result = verify_with_keys(component.verifier_path(), cfg, keys=keys, component=component)
     except (ConfigurationError, KeyStoreError) as exc:
         fail(str(exc))
         return

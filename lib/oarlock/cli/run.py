@@ -6,6 +6,7 @@ import dataclasses
 import os
 import signal
 import sys
+import threading
 from types import FrameType
 
 import click
@@ -39,6 +40,14 @@ from oarlock.redact import redact_text
     help="Seconds one message may run before it is an error event and a reject "
     "(default: ELASTICIO_MESSAGE_TIME_LIMIT, else none).",
 )
+@click.option(
+    "--metrics",
+    "metrics_addr",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve /metrics, /healthz and /readyz on HOST:PORT, :PORT or PORT (host 127.0.0.1) "
+    "(default: ELASTICIO_METRICS_ADDR, else off).",
+)
 def run_command(
     component_dir: str | None,
     cfg_file: str | None,
@@ -46,16 +55,18 @@ def run_command(
     burst: bool,
     grace: float | None,
     time_limit: float | None,
+    metrics_addr: str | None,
 ) -> None:
     """Consume ELASTICIO_LISTEN_MESSAGES_ON and publish what the function emits (docs/protocol.md)."""
-    from oarlock.amqp.transport import AmqpTransport, hot_path_enabled
+    from oarlock.amqp.tls import AmqpTls
+    from oarlock.amqp.transport import hot_path_enabled
     from oarlock.component.model import Component
     from oarlock.credentials.manager import CredentialManager
     from oarlock.protocol.settings import Settings
     from oarlock.redact import register_secret
     from oarlock.runtime.executor import FunctionRunner, UnloadableFunction
+    from oarlock.runtime.metered import run_kit
     from oarlock.runtime.steploader import load_step_config
-    from oarlock.runtime.worker import Worker
 
     env = dict(os.environ)
     logs.configure(env.get("ELASTICIO_LOG_LEVEL", "info"))
@@ -66,35 +77,45 @@ def run_command(
         if time_limit is not None:
             settings = dataclasses.replace(settings, message_time_limit=time_limit)
         step = load_step_config(settings, env, cfg_file)
+        kit = run_kit(metrics_addr, env)  # metrics off: the plain worker, transport and store
         coordinator = None
         if settings.keys_store:
             from oarlock.keys.store import open_store, safe_url
 
             try:
-                coordinator = open_store(settings.keys_store)
+                coordinator = kit.store(open_store(settings.keys_store))
             except KeyStoreError as exc:
                 reason = redact_text(str(exc))
                 click.echo(f"oarlock: keys store {safe_url(settings.keys_store)} cannot be used: {reason}", err=True)
                 sys.exit(2)
         runner: FunctionRunner | UnloadableFunction
         credentials: CredentialManager | None = None
+        # no component.json to run: a start-up failure, as sailor exits; a function that cannot be loaded is
+        # not: every message gets an error event naming the problem
+        component = Component.load(component_dir or settings.component_path or ".")
         try:
-            component = Component.load(component_dir or settings.component_path or ".")
             credentials = CredentialManager(coordinator=coordinator)
             runner = FunctionRunner(component, settings.function, credentials=credentials)
         except ComponentError as exc:
             runner = UnloadableFunction(exc)
-        transport = AmqpTransport(
+        stopping = threading.Event()  # SIGTERM: a start still waiting for the broker gives up at once
+        transport = kit.transport(
             settings.amqp_uri,
             name=f"oarlock {settings.function} {settings.step_id} {settings.container_id}",
             hot_path=hot_path_enabled(env),
+            tls=AmqpTls.from_env(env),
+            stop=stopping,
         )
-        worker = Worker(settings, runner, step, transport, concurrency=concurrency, burst=burst, grace_seconds=grace)
+        worker = kit.worker(
+            settings, runner, step, transport, concurrency=concurrency, burst=burst, grace_seconds=grace
+        )
+        kit.serve(worker, credentials)  # /metrics, /healthz, /readyz when asked for
     except ConfigurationError as exc:
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(2)
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
         worker.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
@@ -103,9 +124,9 @@ def run_command(
         code = worker.run()
         if credentials is not None:
             credentials.close()  # a credential the keys store could not take gets a last try
-    except TransportError as exc:
-        click.echo(f"oarlock: {exc}", err=True)
-        sys.exit(3)
+    except TransportError as exc:  # only start() raises it: no broker, or one that refuses us
+        click.echo(f"oarlock: {redact_text(str(exc))}", err=True)
+        sys.exit(2)
     except ConfigurationError as exc:
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(2)

@@ -14,7 +14,7 @@ import json
 import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -28,6 +28,8 @@ from oarlock.errors import ComponentError
 from oarlock.jsontypes import json_type
 from oarlock.redact import redact_text
 
+#: the credentials.oauth2 keys refreshing needs: a run cannot go without them (Component.oauth2_for)
+OAUTH2_REFRESH_KEYS = ("token_uri", "client_id", "client_secret")
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 JAVA_CLASS = re.compile(r"^[a-z][\w]*(\.[\w$]+)+$")
 #: the viewClass of a credentials field whose value is a secret (masked in the UI, redacted by oarlock)
@@ -238,6 +240,33 @@ class Component:
         """
         oauth2 = self.oauth2_template()
         return {key: fill_placeholders(value, env, where=f"credentials.oauth2.{key}") for key, value in oauth2.items()}
+
+    def oauth2_for(
+        self, cfg: Mapping[str, Any], env: Mapping[str, Any], *, required: Collection[str] = OAUTH2_REFRESH_KEYS
+    ) -> dict[str, Any]:
+        """The cfg's ``oauth2`` completed from component.json's credentials.oauth2: the one rule of
+        ``call``, ``run``, ``verify``, ``meta``/``select`` and ``auth login``.
+
+        A key the cfg's oauth2 carries is used as it is: its ``{{NAME}}`` in component.json is never
+        looked up. Every other key comes from component.json, its placeholders filled from ``env`` (the
+        environment), then from the cfg's own values (``https://{{prodEnv}}.salesforce.com``). A
+        placeholder nothing fills is a ComponentError naming the variable and the cfg key that would do
+        when the key is ``required`` (by default what refreshing needs: token_uri, client_id,
+        client_secret); any other such key (``auth_uri`` for a run) is left out.
+        """
+        given = cfg.get("oauth2")
+        given = dict(given) if isinstance(given, dict) else {}
+        values = {**cfg, **env}
+        filled: dict[str, Any] = {}
+        for key, value in self.oauth2_template().items():
+            if key in given:
+                continue
+            try:
+                filled[key] = fill_placeholders(value, values, where=f"credentials.oauth2.{key}")
+            except ComponentError as exc:
+                if key in required:
+                    raise ComponentError(f"{exc}; or give the cfg an oauth2.{key}") from None
+        return {**filled, **given}
 
     def oauth2_template(self) -> dict[str, Any]:
         """credentials.oauth2 as written in component.json (placeholders unfilled), {} when absent."""

@@ -49,6 +49,7 @@ import urllib3.response
 from oarlock.credentials.presets import RefreshSettings
 from oarlock.credentials.token import parse_token_response
 from oarlock.errors import ConfigurationError, CredentialNeedsReauthorization, TokenEndpointError
+from oarlock.metrics import hooks as metrics
 from oarlock.redact import register_token
 
 log = logging.getLogger("oarlock.credentials")
@@ -279,13 +280,15 @@ class TokenClient:
         self._sleep = sleep
         self._clock = clock
 
-    def refresh(self, settings: RefreshSettings, oauth: dict[str, Any], *, account: str) -> dict[str, Any]:
-        """The provider's full token response for a refresh of ``oauth``, after retries."""
+    def refresh(
+        self, settings: RefreshSettings, oauth: dict[str, Any], *, account: str, extra: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The token response for a refresh of ``oauth`` after retries (``extra``: another grant's fields, e.g. a code)."""
         if not settings.token_uri:
             raise CredentialNeedsReauthorization(
                 f"account {account} cannot be refreshed: oauth2.token_uri is not configured", account=account
             )
-        form = self._form(settings, oauth, account)
+        form = {**self._form(settings, oauth, account), **(extra or {})}
         budget = _Budget(self.refresh_deadline_seconds, self._sleep)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, TokenEndpointError) and e.retryable),
@@ -302,8 +305,12 @@ class TokenClient:
             ),
         )
         try:
-            return retrying(self._send, settings, form, account, budget)
+            response = retrying(self._timed_send, settings, form, account, budget)
+        except CredentialNeedsReauthorization:
+            metrics.active.token_refresh("needs_reauthorization", budget.attempts)
+            raise
         except TokenEndpointError as exc:
+            metrics.active.token_refresh("failed", budget.attempts)
             if not exc.retryable or budget.gave_up is None:
                 raise
             attempts = "1 attempt" if budget.attempts == 1 else f"{budget.attempts} attempts"
@@ -315,6 +322,8 @@ class TokenClient:
             )
             final.retry_after = exc.retry_after
             raise final from None
+        metrics.active.token_refresh("ok", budget.attempts)
+        return response
 
     def _form(self, settings: RefreshSettings, oauth: dict[str, Any], account: str) -> dict[str, str]:
         form: dict[str, str] = {"grant_type": settings.grant_type}
@@ -354,6 +363,13 @@ class TokenClient:
         return _Deadline(
             self.request_deadline_seconds, f"the per-request deadline of {self.request_deadline_seconds:g} s"
         )
+
+    def _timed_send(self, *request: Any) -> dict[str, Any]:  # _send's arguments
+        started = time.monotonic()
+        try:
+            return self._send(*request)
+        finally:
+            metrics.active.token_request(time.monotonic() - started)  # oarlock_token_request_seconds
 
     def _send(self, settings: RefreshSettings, form: dict[str, str], account: str, budget: _Budget) -> dict[str, Any]:
         budget.attempts += 1

@@ -60,6 +60,7 @@ from oarlock.credentials.storesync import (
 from oarlock.credentials.token import Relation, TokenSet, identity_of, stored_wins, take_offered, version_of
 from oarlock.errors import CredentialError, CredentialNeedsReauthorization, TokenEndpointError, TokenRejected
 from oarlock.jsoncopy import copy_json
+from oarlock.metrics import hooks as metrics
 from oarlock.protocol.events import Event, EventName, EventSink
 from oarlock.redact import register_credential
 
@@ -349,6 +350,7 @@ class CredentialManager:
             account=account,
         )
         log.error("%s", state.rejected_error, extra={"account": account})
+        metrics.active.token_rejected()
 
     def _request(self, bound: BoundCredential, state: AccountState) -> dict[str, Any]:
         state.last_attempt = self.clock()

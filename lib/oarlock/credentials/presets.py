@@ -22,15 +22,29 @@ class Preset:
     send_credential_scope: bool = False
     #: keep-alive for credentials whose expiry is unknown
     keepalive_seconds: float = 86400.0
+    #: the keys service's keep-alive refreshes a stored credential not updated for this long
+    #: (well inside the provider's inactivity window for refresh tokens)
+    idle_seconds: float = 7 * 86400.0
+
+    def idle_window(self, *, expires: bool) -> float:
+        """How long a stored credential may sleep before the keep-alive refreshes it.
+
+        ``expires``: the credential has a known expiry; one without (Salesforce) is refreshed every
+        :attr:`keepalive_seconds` (24 h) at least.
+        """
+        return self.idle_seconds if expires else min(self.idle_seconds, self.keepalive_seconds)
 
 
 PRESETS: dict[str, Preset] = {
     "generic": Preset("generic"),
     # Microsoft identity platform: client_secret_post; the refresh carries the scope, offline_access
     # keeps refresh tokens coming; ext_expires_in is kept as an unknown field
-    "microsoft": Preset("microsoft", default_scope="offline_access", send_credential_scope=True),
+    # refresh tokens lapse after 90 days idle: the keep-alive refreshes after 14
+    "microsoft": Preset(
+        "microsoft", default_scope="offline_access", send_credential_scope=True, idle_seconds=14 * 86400.0
+    ),
     # Salesforce: no expires_in; instance_url and issued_at must survive; refresh on 401 + keep-alive
-    "salesforce": Preset("salesforce", keepalive_seconds=86400.0),
+    "salesforce": Preset("salesforce", keepalive_seconds=86400.0, idle_seconds=86400.0),
     # Google: refresh answers carry no refresh_token; the original one stays valid
     "google": Preset("google"),
 }

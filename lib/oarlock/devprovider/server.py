@@ -12,6 +12,9 @@ runs on the real clock.
 (:func:`oarlock.devprovider.routes.load_routes`): each answers a fixed JSON body and status,
 behind the same bearer-token check unless ``"auth": false``; ``provider.route(...)`` adds or replaces one at run time, and
 ``provider.received`` lists the API requests (method, path, query, JSON body) in arrival order.
+
+``GET /authorize`` (:mod:`oarlock.devprovider.authorize`) approves at once: a 302 to the
+``redirect_uri`` with ``code`` and ``state``; PKCE (S256, plain) is checked when the code is redeemed.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
+from oarlock.devprovider.authorize import Refusal, authorize
 from oarlock.devprovider.routes import Route, RouteKey, load_routes
 from oarlock.devprovider.state import AccessToken, Clock, ManualClock, ProviderState, Rotation, Settings, TokenError
 
@@ -192,14 +196,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- OAuth2 ----------------------------------------------------------------------------------
     def _authorize(self, query: dict[str, str]) -> None:
-        redirect = query.get("redirect_uri")
-        if query.get("client_id") != self.state.settings.client_id or not redirect:
-            return self._send(400, {"error": "invalid_request", "error_description": "client_id or redirect_uri"})
-        code = self.state.new_code(query.get("login_hint", "user-1"), query.get("scope", "read write"))
-        target = {"code": code, **({"state": query["state"]} if "state" in query else {})}
-        separator = "&" if "?" in redirect else "?"
+        try:
+            location = authorize(self.state, query)
+        except Refusal as exc:
+            return self._send(400, exc.body)
         self.send_response(302)
-        self.send_header("Location", f"{redirect}{separator}{urlencode(target)}")
+        self.send_header("Location", location)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -249,7 +251,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif grant == "client_credentials":
                 response = state.client_credentials(form.get("scope"))
             elif grant == "authorization_code":
-                response = state.redeem_code(form.get("code"))
+                response = state.redeem_code(
+                    form.get("code"),
+                    client_id=self._client(form)[0],
+                    redirect_uri=form.get("redirect_uri"),
+                    verifier=form.get("code_verifier"),
+                )
             else:
                 raise TokenError(400, "unsupported_grant_type", f"grant_type {grant!r} is not supported")
             self._send(200, response)
@@ -405,6 +412,10 @@ class DevProvider:
     @property
     def token_url(self) -> str:
         return f"{self.url}/token"
+
+    @property
+    def authorize_url(self) -> str:
+        return f"{self.url}/authorize"
 
     # -- test controls ---------------------------------------------------------------------------
     def mint(self, subject: str = "user-1", scope: str | None = None) -> dict[str, Any]:

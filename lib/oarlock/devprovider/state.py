@@ -17,6 +17,10 @@ actually wait.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
+import hmac
 import math
 import secrets
 import threading
@@ -90,6 +94,32 @@ class RefreshToken:
     used: bool = False
 
 
+#: how long an authorization code may wait for its redemption (on the provider's clock)
+CODE_TTL_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class AuthorizationCode:
+    """What an authorization code was issued for (RFC 6749 4.1, with PKCE: RFC 7636)."""
+
+    subject: str
+    scope: str
+    client_id: str = ""
+    #: the redirect_uri of the authorization request: the token request must repeat it
+    redirect_uri: str | None = None
+    code_challenge: str | None = None
+    code_challenge_method: str = "plain"
+    expires_at: float = math.inf
+
+
+def pkce_challenge(verifier: str, method: str = "S256") -> str:
+    """The code_challenge of a code_verifier: BASE64URL(SHA256(verifier)) without padding, or the verifier (plain)."""
+    if method == "plain":
+        return verifier
+    digest = hashlib.sha256(verifier.encode("ascii", "replace")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
 class TokenError(Exception):
     """An OAuth2 error answer: (HTTP status, error code, description)."""
 
@@ -98,6 +128,28 @@ class TokenError(Exception):
         self.status = status
         self.error = error
         self.description = description
+
+
+def _refused(
+    grant: AuthorizationCode | None, now: float, client_id: str | None, redirect_uri: str | None, verifier: str | None
+) -> str | None:
+    """Why a token request may not redeem ``grant``, or None."""
+    if grant is None:
+        return "unknown or used authorization code"
+    if grant.expires_at <= now:
+        return "authorization code expired"
+    if grant.client_id and client_id != grant.client_id:
+        return "the authorization code was issued to another client"
+    if grant.redirect_uri is not None and redirect_uri != grant.redirect_uri:
+        return "redirect_uri is missing or differs from the authorization request's"
+    if grant.code_challenge is None:
+        return None
+    if not verifier:
+        return "code_verifier is missing (the authorization request had a code_challenge)"
+    expected = pkce_challenge(verifier, grant.code_challenge_method)
+    if not hmac.compare_digest(expected.encode("ascii", "replace"), grant.code_challenge.encode("ascii", "replace")):
+        return "code_verifier does not match the code_challenge"
+    return None
 
 
 class ProviderState:
@@ -109,7 +161,7 @@ class ProviderState:
         self.lock = threading.Lock()
         self.access: dict[str, AccessToken] = {}
         self.refresh: dict[str, RefreshToken] = {}
-        self.codes: dict[str, tuple[str, str]] = {}
+        self.codes: dict[str, AuthorizationCode] = {}
         self.items: list[dict[str, Any]] = [
             {"id": i, "name": f"item {i}", "created": 1_700_000_000 + i} for i in range(1, 6)
         ]
@@ -240,21 +292,30 @@ class ProviderState:
         with self.lock:
             return self.issue(self.settings.client_id, scope or "read", refresh=None, new_refresh=False)
 
-    def new_code(self, subject: str, scope: str) -> str:
+    def new_code(self, grant: AuthorizationCode) -> str:
         code = "code-" + secrets.token_urlsafe(16)
         with self.lock:
-            self.codes[code] = (subject, scope)
+            self.codes[code] = dataclasses.replace(grant, expires_at=self.clock() + CODE_TTL_SECONDS)
         return code
 
-    def redeem_code(self, code: str | None) -> dict[str, Any]:
+    def redeem_code(
+        self,
+        code: str | None,
+        *,
+        client_id: str | None = None,
+        redirect_uri: str | None = None,
+        verifier: str | None = None,
+    ) -> dict[str, Any]:
+        """Tokens for an authorization code, used once; PKCE and redirect_uri checked as RFC 7636 / 6749 4.1.3 ask."""
         if not code:
             raise TokenError(400, "invalid_request", "code is missing")
         with self.lock:
-            entry = self.codes.pop(code or "", None)
-            if entry is None:
+            grant = self.codes.pop(code or "", None)  # a failed redemption uses the code up too
+            why = _refused(grant, self.clock(), client_id, redirect_uri, verifier)
+            if grant is None or why is not None:
                 self.stats["invalid_grant"] += 1
-                raise TokenError(400, "invalid_grant", "unknown or used authorization code")
-            return self.issue(entry[0], entry[1], refresh=None, new_refresh=True)
+                raise TokenError(400, "invalid_grant", why or "unknown or used authorization code")
+            return self.issue(grant.subject, grant.scope, refresh=None, new_refresh=True)
 
     def revoke(self, subject: str | None = None) -> int:
         with self.lock:

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from queue import SimpleQueue
 from types import FrameType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from oarlock.amqp.tls import AmqpTls
 from oarlock.amqp.transport import AmqpTransport
 from oarlock.amqp.types import Incoming
-from oarlock.errors import ConfigurationError, DecodeError, KeyStoreError, TransportError
+from oarlock.errors import DecodeError, KeyStoreError, TransportError
 from oarlock.keys.base import KeyStore, apply_update_keys
 from oarlock.protocol.crypto import MessageCipher
 from oarlock.protocol.outgoing import protocol_version_of
@@ -47,25 +49,6 @@ def broker_name(amqp_uri: str) -> str:
         return "(unparsable URI)"
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     return f"{host}:{port} (vhost {vhost})"
-
-
-@contextlib.contextmanager
-def _pika_quiet() -> Iterator[None]:
-    """pika's own error lines off for a while, unless oarlock logs at debug level."""
-    pika_log = logging.getLogger("pika")
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
-        yield
-        return
-    level = pika_log.level
-    pika_log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        pika_log.setLevel(level)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()).rstrip(":")
 
 
 class KeysService:
@@ -159,23 +142,15 @@ class KeysService:
         return self.stored
 
     def _connect(self) -> AmqpTransport:
-        where = broker_name(self.amqp_uri)
-        try:
-            transport = AmqpTransport(
-                self.amqp_uri, name=f"oarlock keys serve {self.queue}", reconnect_max_seconds=self.reconnect_max_seconds
-            )
-        except Exception as exc:  # pika's URI parser raises several kinds
-            raise ConfigurationError(
-                f"invalid AMQP URI ({type(exc).__name__}): check --amqp-uri or ELASTICIO_AMQP_URI"
-            ) from None
-        try:
-            with _pika_quiet():  # every failed attempt is logged by pika: the TransportError says it once
-                transport.start(self.connect_timeout)
-        except TransportError:
-            reason = _one_line(transport.last_error or "no answer")
-            raise TransportError(
-                f"cannot connect to the broker at {where} within {self.connect_timeout:g} s: {reason}"
-            ) from None
+        """ConfigurationError for a bad URI or TLS setting; TransportError naming the broker when it cannot be
+        reached (pika's lines are folded into the transport's, TLS comes from ELASTICIO_AMQP_TLS_*)."""
+        transport = AmqpTransport(
+            self.amqp_uri,
+            name=f"oarlock keys serve {self.queue}",
+            reconnect_max_seconds=self.reconnect_max_seconds,
+            tls=AmqpTls.from_env(os.environ),
+        )
+        transport.start(self.connect_timeout)
         return transport
 
     def _check_queue(self, transport: AmqpTransport) -> None:

@@ -1,22 +1,20 @@
-"""Dormant credentials: refresh stored credentials before the provider's inactivity window closes.
+"""The one-shot dormant refresh of before, kept for its callers: a thin wrapper over :mod:`oarlock.keys.keepalive`.
 
-Microsoft revokes a refresh token that was not used for 90 days; a flow that merely slept would
-need a human to re-authorize it. ``refresh_dormant`` refreshes every stored credential not
-updated for ``idle_seconds`` through the same engine the workers use (same single-flight, the
-store as coordinator, so a worker refreshing at the same moment is not disturbed), and the
-result is stored as a new version.
+``refresh_dormant(store, oauth2, idle_seconds=...)`` runs one :meth:`Keepalive.run_once` with
+``oauth2`` as the default refresh settings (for accounts without stored ones; an account with
+stored settings is refreshed with its own, and with ``oauth2``'s secret only if it names the same
+client_id) and ``idle_seconds`` overriding every preset's idle window, and returns one
+:class:`DormantResult` per due account.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from oarlock.credentials.manager import CredentialManager
-from oarlock.errors import CredentialError
-from oarlock.keys.store import KeyStore
-from oarlock.protocol.events import EventList
+from oarlock.keys.base import KeyStore
+from oarlock.keys.keepalive import Keepalive
 
 
 @dataclass(frozen=True)
@@ -30,20 +28,12 @@ class DormantResult:
 def refresh_dormant(
     store: KeyStore, oauth2: dict[str, Any], *, idle_seconds: float, manager: CredentialManager | None = None
 ) -> list[DormantResult]:
-    manager = manager or CredentialManager(coordinator=store)
-    results = []
-    now = time.time()
-    for stored in store.list():
-        if now - stored.updated_at < idle_seconds:
-            continue
-        cfg = {"_account": stored.account, "oauth": stored.oauth, "oauth2": oauth2}
-        manager.seed(stored.account, stored.oauth, stored.version)
-        try:
-            bound = manager.credential(manager.newest_cfg(cfg), sink=EventList())
-            bound.refresh()
-        except CredentialError as exc:
-            results.append(DormantResult(stored.account, False, error=str(exc)))
-            continue
-        latest = store.get(stored.account)
-        results.append(DormantResult(stored.account, True, version=latest.version if latest else None))
-    return results
+    keepalive = Keepalive(store, {}, idle_override=idle_seconds, default_oauth2=oauth2, manager=manager)
+    summary = keepalive.run_once()
+    keepalive.close()
+    return [
+        DormantResult(account, True, version=summary.versions[account])
+        if account in summary.versions
+        else DormantResult(account, False, error=summary.reasons.get(account))
+        for account in summary.due
+    ]

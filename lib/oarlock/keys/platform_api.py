@@ -86,4 +86,8 @@ def platform_keys(payload: dict[str, Any]) -> dict[str, Any]:
     """What the platform stores under ``keys``: the payload without oarlock's bookkeeping (``account``,
     ``version``, ``response``, ``persist``): the merged token set as ``oauth`` and whatever a component
     emitted beside it (sailor PUTs the emitted object)."""
-    return {key: value for key, value in payload.items() if key not in ("account", "version", "response", "persist", "oauth2")}
+    return {
+        key: value
+        for key, value in payload.items()
+        if key not in ("account", "version", "response", "persist", "oauth2")
+    }

@@ -113,8 +113,7 @@ class FunctionRunner:
         """A private copy of cfg with the newest known credential and component.json's oauth2 defaults."""
         prepared = self.credentials.newest_cfg(dict(cfg)) if self.credentials else copy_json(dict(cfg))
         if self._has_oauth2_defaults and isinstance(prepared.get("oauth"), dict):
-            defaults = self.component.oauth2_settings({**prepared, **self._env})
-            prepared["oauth2"] = {**defaults, **(prepared.get("oauth2") or {})}
+            prepared["oauth2"] = self.component.oauth2_for(prepared, self._env)  # the cfg's own values first
         if cfg is not self._registered_cfg:  # a worker passes the same cfg for every message: its secrets once
             register_credential(prepared)
             register_password_fields(prepared, self._password_fields)

@@ -4,7 +4,8 @@
 for one run; :class:`LocalRun` is the JSON-lines transport. Each input line is a message ``{"body": …, "headers": …}``; each emitted event is written
 as one line ``{"event": NAME, "data": PAYLOAD, "input": INDEX}`` (INDEX counts input
 lines from 0). A line that is not a JSON object produces an error event for that line
-and the other lines still run. Snapshot changes persist across the messages of one run.
+and the other lines still run. Snapshot changes persist across the messages of one run. A
+trigger given no line at all runs once with an empty message (a poll), saying so on stderr.
 An updateKeys of the refresh engine was already written to the keys store by the engine
 (inside the store's lock: the store owns that write); one the function emitted itself is
 written here, the moment it is emitted. On stdout their tokens are masked unless
@@ -59,16 +60,20 @@ class LocalRun:
         self.events = 0
         self._lock = threading.Lock()
 
-    def run_lines(self, lines: Iterable[str]) -> None:
-        """Process JSON lines (blank lines are skipped), ``concurrency`` at a time."""
-        numbered = ((i, line) for i, line in enumerate(line for line in lines if line.strip()))
+    def run_lines(self, lines: Iterable[str]) -> int:
+        """Process JSON lines (blank lines are skipped), ``concurrency`` at a time; returns how many there were."""
+        numbered = enumerate(line for line in lines if line.strip())
         if self.concurrency == 1:
+            count = 0
             for index, line in numbered:
                 self._run_line(index, line)
-            return
+                count += 1
+            return count
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="oarlock-call") as pool:
-            for future in [pool.submit(self._run_line, i, line) for i, line in numbered]:
+            futures = [pool.submit(self._run_line, i, line) for i, line in numbered]
+            for future in futures:
                 future.result()
+        return len(futures)
 
     def run_message(self, index: int, message: Message) -> None:
         with self._lock:
@@ -175,10 +180,21 @@ class LocalCall:
             raise ConfigurationError(f"snapshot file {self.snapshot_path} must hold a JSON object")
         return data
 
+    @property
+    def is_trigger(self) -> bool:
+        return self.runner.spec.kind == "trigger"
+
     def run(self, lines: Iterable[str]) -> int:
-        """Process the lines; returns the number of error events."""
+        """Process the lines; returns the number of error events.
+
+        A trigger given no line at all (empty stdin) runs once with an empty message, as a platform's
+        poll does, and says so on stderr.
+        """
         try:
-            self.local.run_lines(lines)
+            if self.local.run_lines(lines) == 0 and self.is_trigger:
+                name = self.runner.spec.name
+                print(f"oarlock: no input lines: trigger {name} runs once with an empty message", file=sys.stderr)
+                self.local.run_message(0, Message())
         finally:
             if self.snapshot_path is not None:
                 write_private(self.snapshot_path, json.dumps(self.local.snapshot, ensure_ascii=False, indent=2) + "\n")

@@ -100,7 +100,7 @@ def _dispatch(
     keys = open_store(keys_url) if keys_url else None
     try:
         if name == "verifyCredentials":
-            return verify_with_keys(component.verifier_path(), cfg, keys=keys)
+            return verify_with_keys(component.verifier_path(), cfg, keys=keys, component=component, env=env)
         call = ModelCall(component, function, method, cfg, keys=keys, env=env)
         try:
             return call.run()

@@ -161,6 +161,8 @@ class Worker:
             self.startup_data = self.runner.startup(self.cfg)
         self.runner.init(self.cfg)
         self.transport.start()
+        if self._stop.is_set():
+            return  # stopped while connecting (the transport gave up waiting for the broker): nothing to consume
         self.transport.consume(self.settings.listen_messages_on, self.settings.prefetch, self._on_delivery)
         log.info(
             "consuming %s (prefetch %s, concurrency %s)",
