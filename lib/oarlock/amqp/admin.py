@@ -14,18 +14,19 @@ import base64
 import contextlib
 import datetime
 import decimal
-import logging
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
-from urllib.parse import unquote, urlsplit
 
 import pika
 import pika.adapters.blocking_connection
 import pika.exceptions
 import pika.spec
 
-from oarlock.errors import TransportError
+from oarlock.amqp.failures import broker_name, pika_quiet
+from oarlock.amqp.tls import AmqpTls, url_parameters
+from oarlock.errors import ConfigurationError, TransportError
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 Channel: TypeAlias = pika.adapters.blocking_connection.BlockingChannel
@@ -77,18 +78,6 @@ class Peeked:
     body: bytes
 
 
-def broker_name(amqp_uri: str) -> str:
-    """``host:port (vhost v)`` of an AMQP URI, fit for messages: no user, no password."""
-    try:
-        parts = urlsplit(amqp_uri)
-        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-        host = parts.hostname or "localhost"
-    except ValueError:
-        return "(unparsable AMQP URI)"
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return f"{host}:{port} (vhost {vhost})"
-
-
 def _reason(exc: BaseException) -> str:
     """One line out of a pika exception: ``(404, "NOT_FOUND - no queue 'q' in vhost '/'")`` -> the text."""
     if isinstance(exc, pika.exceptions.ChannelClosedByBroker | pika.exceptions.ConnectionClosedByBroker):
@@ -109,37 +98,22 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-@contextlib.contextmanager
-def _pika_quiet() -> Iterator[None]:
-    """pika logs every failed connect at ERROR with a traceback; the caller reports one line instead."""
-    pika_log = logging.getLogger("pika")
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
-        yield
-        return
-    level = pika_log.level
-    pika_log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        pika_log.setLevel(level)
-
-
 class BrokerAdmin:
     """A blocking connection and one channel, reopened after the broker closes it (a 404 or 406 does)."""
 
     def __init__(self, amqp_uri: str, *, name: str = "oarlock admin") -> None:
         self.broker = broker_name(amqp_uri)
-        try:
-            params = pika.URLParameters(amqp_uri)
-        except Exception as exc:  # pika raises ValueError and friends on a malformed URI
-            raise TransportError(f"the AMQP URI of {self.broker} is not valid: {_reason(exc)}") from None
+        try:  # amqps:// with the ELASTICIO_AMQP_TLS_* settings, like oarlock run and keys serve
+            params = url_parameters(amqp_uri, AmqpTls.from_env(os.environ))
+        except ConfigurationError as exc:
+            raise TransportError(str(exc)) from None
         params.connection_attempts = 1
         params.socket_timeout = CONNECT_TIMEOUT_SECONDS
         params.stack_timeout = CONNECT_TIMEOUT_SECONDS
         params.blocked_connection_timeout = CONNECT_TIMEOUT_SECONDS
         params.client_properties = {"connection_name": name, "product": "oarlock"}
         try:
-            with _pika_quiet():
+            with pika_quiet():
                 self._connection = pika.BlockingConnection(params)
                 self._channel: Channel = self._connection.channel()
         except (pika.exceptions.AMQPError, OSError) as exc:
@@ -152,7 +126,7 @@ class BrokerAdmin:
         self.close()
 
     def close(self) -> None:
-        with contextlib.suppress(pika.exceptions.AMQPError, OSError), _pika_quiet():
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError), pika_quiet():
             if self._connection.is_open:
                 self._connection.close()
 
