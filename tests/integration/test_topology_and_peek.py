@@ -108,18 +108,18 @@ def step() -> Iterator[Step]:
 
 def test_declaring_twice_changes_nothing_and_every_outgoing_key_routes_to_its_queue(step: Step) -> None:
     first = step.declare()
-    assert [line["status"] for line in first if line["kind"] != "binding"] == ["created"] * 8
+    assert [line["status"] for line in first if line["kind"] != "binding"] == ["created"] * 9
     assert {line["status"] for line in first if line["kind"] == "binding"} == {"bound"}
 
     channel = step.channel
     channel.confirm_delivery()  # an unroutable mandatory publish raises: every key must reach a queue
     keys = {line["routing_key"]: line["queue"] for line in first if line["kind"] == "binding"}
-    assert len(keys) == 6
+    assert len(keys) == 7
     for key in keys:
         channel.basic_publish(step.exchange, key, key.encode(), mandatory=True)
 
     second = step.declare()
-    assert [line["status"] for line in second if line["kind"] != "binding"] == ["exists"] * 8
+    assert [line["status"] for line in second if line["kind"] != "binding"] == ["exists"] * 9
     assert [(line["kind"], line.get("name"), line.get("queue")) for line in second] == [
         (line["kind"], line.get("name"), line.get("queue")) for line in first
     ]

@@ -55,12 +55,14 @@ def test_a_dry_run_prints_one_line_per_object_the_step_needs_and_connects_to_not
         f"plan     queue {q}:flow-1.step_2.snapshot (durable) for snapshot",
         "plan     queue flow-1:updateKeys (durable) for updateKeys",
         "plan     queue flow-1:credentialInvalid (durable) for credentialInvalid",
+        "plan     queue flow-1:credentialAlert (durable) for credentialAlert",
         f"plan     binding flow-1 -> {q}:flow-1.step_2.message key flow-1.step_2.message for data",
         f"plan     binding flow-1 -> {q}:flow-1.step_2.error key flow-1.step_2.error for error",
         f"plan     binding flow-1 -> {q}:flow-1.step_2.rebound key flow-1.step_2.rebound for rebound",
         f"plan     binding flow-1 -> {q}:flow-1.step_2.snapshot key flow-1.step_2.snapshot for snapshot",
         "plan     binding flow-1 -> flow-1:updateKeys key updateKeys for updateKeys",
         "plan     binding flow-1 -> flow-1:credentialInvalid key credentialInvalid for credentialInvalid",
+        "plan     binding flow-1 -> flow-1:credentialAlert key credentialAlert for credentialAlert",
     ]
     assert "s3cret-broker-pw" not in done.output
 
@@ -71,8 +73,8 @@ def test_the_json_format_describes_every_object_and_the_rebound_queue_dead_lette
     lines = json_lines(done.output)
     assert {line["status"] for line in lines} == {"plan"}
     assert [line["kind"] for line in lines].count("exchange") == 1
-    assert [line["kind"] for line in lines].count("queue") == 7
-    assert [line["kind"] for line in lines].count("binding") == 6
+    assert [line["kind"] for line in lines].count("queue") == 8
+    assert [line["kind"] for line in lines].count("binding") == 7
     (rebound,) = [line for line in lines if line["kind"] == "queue" and line["for"] == ["rebound"]]
     assert rebound["arguments"] == {
         "x-dead-letter-exchange": "",
@@ -137,4 +139,4 @@ def test_a_missing_variable_is_one_line_naming_it_and_exit_2() -> None:
 
 def test_the_api_variables_are_not_needed_to_plan_a_topology() -> None:
     settings = Settings.from_env(STEP_ENV, api_optional=True)
-    assert len(plan(settings)) == 14
+    assert len(plan(settings)) == 16

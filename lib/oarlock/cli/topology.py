@@ -35,7 +35,9 @@ from oarlock.protocol.settings import Settings
 #: routes whose queue belongs to the step (named under its prefix), in the order they are declared
 STEP_ROUTES = ("data", "error", "rebound", "snapshot")
 #: oarlock's exchange-wide routes: one queue per exchange, shared by its steps (the keys service's)
-EXCHANGE_ROUTES = ("updateKeys", "credentialInvalid")
+EXCHANGE_ROUTES = ("updateKeys", "credentialInvalid", "credentialAlert")
+#: the keys service's alert routing key (`oarlock keys serve --alert-routing-key`, same default)
+ALERT_ROUTING_KEY = "credentialAlert"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ def route_keys(settings: Settings) -> dict[str, str]:
         "snapshot": settings.snapshot_routing_key,
         "updateKeys": settings.update_keys_routing_key,
         "credentialInvalid": settings.credential_invalid_routing_key,
+        "credentialAlert": ALERT_ROUTING_KEY,  # what the platform's alerting reads
     }
 
 
