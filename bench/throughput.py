@@ -13,9 +13,13 @@ Two like-for-like pairs, each on 1 KB messages, prefetch 100, publisher confirms
 
 For context: oarlock at concurrency 1, oarlock with its AMQP hot path off
 (``OARLOCK_AMQP_HOT_PATH=off``: plain pika for every frame; the ratio off / on is printed per
-round), and the raw loop using oarlock's transport techniques (coalesced writes, multiple acks). Then one updateKeys per message, through the AMQP route and through sailor's PUT route (a
+round), oarlock with its metrics on (``ELASTICIO_METRICS_ADDR``: every input counted and timed,
+every confirm timed; the ratio on / off is printed per round), and the raw loop using oarlock's transport techniques (coalesced writes, multiple acks). Then one updateKeys per message, through the AMQP route and through sailor's PUT route (a
 keep-alive stub of the platform API in this process), next to raw pika. Then the I/O-bound case: an action making one call to the dev
 provider's API with 50 ms added latency, at concurrency 1, 16 and 64.
+
+``--runners oarlock,oarlock_metrics`` measures only those runners (names of :data:`RUNNERS`) and
+``--throughput-only`` leaves out the updateKeys and I/O-bound cases: a quick A/B of one change.
 
 Every runner is measured ``--rounds`` times, the rounds interleaved (a 2-core machine's speed
 drifts by 20% from minute to minute); the tables show medians, and each pair's ratio is also
@@ -94,8 +98,11 @@ def run_oarlock(
     }
     started = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    cpu_before = children_cpu()
     done = burst(cfg_path, env, concurrency=concurrency)
+    cpu = children_cpu() - cpu_before
     elapsed = time.perf_counter() - started - fixed_cost(broker, function, cfg_path, env)
+    LAST_CPU_US[0] = (cpu - _FIXED_CPU[fixed_key(function, env)]) / count * 1e6
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if done.returncode != 0:
         raise SystemExit(f"worker failed: {done.stderr[-2000:]}")
@@ -119,6 +126,18 @@ SAILOR_HEADERS = {
     "threadId": "6ce502d8-d335-43de-8390-f7fa5e155d93",
 }
 _FIXED: dict[str, float] = {}
+_FIXED_CPU: dict[str, float] = {}  # CPU seconds of the same empty run
+#: CPU microseconds per message of the last oarlock run (its process's user + system time, the fixed cost's removed)
+LAST_CPU_US = [0.0]
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fixed_key(function: str, env: dict[str, str]) -> str:
+    return function + ("+metrics" if env.get("ELASTICIO_METRICS_ADDR") else "")
 
 
 def burst(cfg_path: Path, env: dict[str, str], *, concurrency: int) -> subprocess.CompletedProcess[str]:
@@ -140,14 +159,22 @@ def burst(cfg_path: Path, env: dict[str, str], *, concurrency: int) -> subproces
 
 
 def fixed_cost(broker: BrokerSandbox, function: str, cfg_path: Path, env: dict[str, str]) -> float:
-    """Seconds a burst run over an empty queue takes: interpreter start, connect, empty-queue detection, close."""
-    if function not in _FIXED:
+    """Seconds a burst run over an empty queue takes: interpreter start, connect, empty-queue detection, close.
+
+    Measured apart with metrics on (importing prometheus_client and starting the server is part of it).
+    """
+    key = fixed_key(function, env)
+    if key not in _FIXED:
+        walls, cpus = [], []
         with BrokerSandbox() as empty:
             empty_env = {**env, "ELASTICIO_LISTEN_MESSAGES_ON": empty.input_queue}
-            started = time.perf_counter()
-            burst(cfg_path, empty_env, concurrency=1)
-            _FIXED[function] = time.perf_counter() - started
-    return _FIXED[function]
+            for _ in range(3):  # the median of three: one slow start would skew every rate of the runner
+                started, cpu = time.perf_counter(), children_cpu()
+                burst(cfg_path, empty_env, concurrency=1)
+                walls.append(time.perf_counter() - started)
+                cpus.append(children_cpu() - cpu)
+        _FIXED[key], _FIXED_CPU[key] = statistics.median(walls), statistics.median(cpus)
+    return _FIXED[key]
 
 
 def run_raw(
@@ -291,6 +318,7 @@ RUNNERS = {
     "oarlock": "oarlock run, concurrency {prefetch} (the default: the prefetch)",
     "oarlock_1": "oarlock run, concurrency 1",
     "oarlock_plain_pika": "oarlock run, concurrency {prefetch}, hot path off (OARLOCK_AMQP_HOT_PATH=off)",
+    "oarlock_metrics": "oarlock run, concurrency {prefetch}, metrics on (ELASTICIO_METRICS_ADDR)",
     "raw_tuned": "raw pika + coalesced writes, multiple acks",
 }
 RATIOS = {  # printed per round: each like-for-like pair, then encrypted oarlock against the bare ceiling
@@ -298,56 +326,80 @@ RATIOS = {  # printed per round: each like-for-like pair, then encrypted oarlock
     "encrypted: oarlock / raw pika": ("oarlock", "raw_sailor"),
     "encrypted oarlock / plaintext raw pika": ("oarlock", "raw"),
     "encrypted oarlock, hot path off / on": ("oarlock_plain_pika", "oarlock"),
+    "encrypted oarlock, metrics on / off": ("oarlock_metrics", "oarlock"),
 }
-ENCRYPTED = {"raw_sailor", "oarlock", "oarlock_1", "oarlock_plain_pika"}
-HOT_PATH_OFF = {"OARLOCK_AMQP_HOT_PATH": "off"}
+ENCRYPTED = {"raw_sailor", "oarlock", "oarlock_1", "oarlock_plain_pika", "oarlock_metrics"}
+EXTRA_ENV = {
+    "oarlock_plain_pika": {"OARLOCK_AMQP_HOT_PATH": "off"},
+    "oarlock_metrics": {"ELASTICIO_METRICS_ADDR": "127.0.0.1:0"},  # served, not scraped: the cost of counting
+}
 
 
 def one_round(
-    plain: BrokerSandbox, encrypted: BrokerSandbox, messages: int, prefetch: int
-) -> dict[str, tuple[float, float]]:
-    """msgs/s and peak RSS (0 for the raw loops) of every runner, once, each pair back to back."""
-    results: dict[str, tuple[float, float]] = {}
-    for name in RUNNERS:
+    plain: BrokerSandbox, encrypted: BrokerSandbox, messages: int, prefetch: int, runners: list[str]
+) -> dict[str, tuple[float, float, float]]:
+    """msgs/s, peak RSS and CPU µs per message (0 for the raw loops) of every runner, once, pairs back to back."""
+    results: dict[str, tuple[float, float, float]] = {}
+    for name in runners:
         broker = encrypted if name in ENCRYPTED else plain
         prefill(broker, messages)
         if name.startswith("raw"):
             rate = run_raw(
                 broker, messages, prefetch=prefetch, sailor_work=name == "raw_sailor", tuned=name == "raw_tuned"
             )
-            results[name] = (rate, 0.0)
+            results[name] = (rate, 0.0, 0.0)
         else:
             concurrency = 1 if name == "oarlock_1" else prefetch
-            extra = HOT_PATH_OFF if name == "oarlock_plain_pika" else None
-            results[name] = run_oarlock(
+            extra = EXTRA_ENV.get(name)
+            rate, rss = run_oarlock(
                 broker, "passthrough", messages, prefetch=prefetch, concurrency=concurrency, extra_env=extra
             )
+            results[name] = (rate, rss, LAST_CPU_US[0])
     return results
 
 
-def print_throughput(rounds: list[dict[str, tuple[float, float]]], messages: int, prefetch: int) -> None:
-    median = {name: statistics.median(r[name][0] for r in rounds) for name in RUNNERS}
+def print_throughput(rounds: list[dict[str, tuple[float, float, float]]], messages: int, prefetch: int) -> None:
+    runners = [name for name in RUNNERS if name in rounds[0]]
+    median = {name: statistics.median(r[name][0] for r in rounds) for name in runners}
     print(f"\n### Throughput, {messages} messages of 1 KB, prefetch {prefetch}, confirms on\n")
+    fixed = " / ".join(
+        f"{seconds:.2f} s" + (" with metrics" if key.endswith("+metrics") else "")
+        for key, seconds in _FIXED.items()
+        if key.startswith("passthrough")
+    )
     print(
-        f"(medians of {len(rounds)} interleaved rounds; oarlock rates exclude the fixed {_FIXED['passthrough']:.2f} s "
+        f"(medians of {len(rounds)} interleaved rounds; oarlock rates exclude the fixed {fixed or '-'} "
         "of starting the process and detecting the empty queue, measured by a burst run over an empty queue)\n"
     )
-    print("| messages | runner | msgs/s | peak RSS (MB) | ratio to its raw pika loop | ratio to bare raw pika |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for name, label in RUNNERS.items():
+    print(
+        "| messages | runner | msgs/s | peak RSS (MB) | CPU µs/msg | ratio to its raw pika loop | ratio to bare raw pika |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    cpu = {name: statistics.median(r[name][2] for r in rounds) for name in runners}
+    for name in runners:
         kind = "encrypted" if name in ENCRYPTED else "plaintext"
-        rss = f"{max(r[name][1] for r in rounds):.1f}" if name.startswith("oarlock") else "-"
+        ours = name.startswith("oarlock")
+        rss = f"{max(r[name][1] for r in rounds):.1f}" if ours else "-"
         own = "raw_sailor" if name in ENCRYPTED else "raw"
-        row = [kind, label.format(prefetch=prefetch), f"{median[name]:,.0f}", rss]
-        row += [f"{median[name] / median[own]:.2f}", f"{median[name] / median['raw']:.2f}"]
+        row = [kind, RUNNERS[name].format(prefetch=prefetch), f"{median[name]:,.0f}", rss]
+        row.append(f"{cpu[name]:.0f}" if ours else "-")
+        row += [f"{median[name] / median[base]:.2f}" if base in median else "-" for base in (own, "raw")]
         print("| " + " | ".join(row) + " |")
     print()
     for label, (ours, theirs) in RATIOS.items():
+        if ours not in median or theirs not in median:
+            continue
         per_round = [r[ours][0] / r[theirs][0] for r in rounds]
         print(
             f"{label} per round {', '.join(f'{x:.2f}' for x in per_round)} (median {statistics.median(per_round):.2f})"
         )
-    peak_rss = max(r[name][1] for r in rounds for name in RUNNERS)
+        if ours.startswith("oarlock") and theirs.startswith("oarlock"):  # the same runtime: CPU per message too
+            per_round = [r[ours][2] / r[theirs][2] for r in rounds]
+            print(
+                f"{label}, CPU per message, per round {', '.join(f'{x:.2f}' for x in per_round)} "
+                f"(median {statistics.median(per_round):.2f})"
+            )
+    peak_rss = max(r[name][1] for r in rounds for name in runners)
     print(f"peak RSS of any oarlock run {peak_rss:.1f} MB")
 
 
@@ -358,12 +410,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--io-messages", type=int, default=400)
     parser.add_argument("--keys-messages", type=int, default=5000)
+    parser.add_argument("--runners", default=",".join(RUNNERS), help="comma list of runners (default: all)")
+    parser.add_argument("--throughput-only", action="store_true", help="leave out the updateKeys and I/O cases")
     args = parser.parse_args()
+    runners = [name for name in args.runners.split(",") if name]
+    unknown = sorted(set(runners) - set(RUNNERS))
+    if unknown or not runners:
+        parser.error(f"unknown runners {unknown}: choose from {', '.join(RUNNERS)}")
     rounds = []
     with BrokerSandbox(password=None, iv=None) as plain, BrokerSandbox() as encrypted:
         for _ in range(args.rounds):
-            rounds.append(one_round(plain, encrypted, args.messages, args.prefetch))
+            rounds.append(one_round(plain, encrypted, args.messages, args.prefetch, runners))
     print_throughput(rounds, args.messages, args.prefetch)
+    if args.throughput_only:
+        return
     rows_keys = update_keys_case(args.keys_messages, args.prefetch)
     print(f"\n### One updateKeys per message ({args.keys_messages} messages, prefetch {args.prefetch})\n")
     print("| runner | msgs/s | ratio to raw pika |")

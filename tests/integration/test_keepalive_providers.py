@@ -1,14 +1,16 @@
 """Two providers, two clients, one PostgreSQL store: `oarlock keys refresh-dormant --client-secrets` refreshes each
 dormant account at its own endpoint with its own client, stores no client secret, skips an unknown client; a revoked
-account ends in needs_reauthorization and is not retried."""
+account ends in needs_reauthorization, is not retried, and alerts once (a real webhook)."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,12 @@ import pytest
 import requests
 
 from oarlock.devprovider import DevProvider, ManualClock
-from oarlock.keys.accounts import NEEDS_REAUTHORIZATION, StateChange
+from oarlock.keys.accounts import ACTIVE, NEEDS_REAUTHORIZATION
+from oarlock.keys.alerts import Alerter
 from oarlock.keys.base import apply_update_keys
 from oarlock.keys.keepalive import Keepalive
 from oarlock.keys.postgres import PostgresKeyStore
+from oarlock.keys.reauth import store_authorization
 from tests.support import run_cli
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -101,17 +105,36 @@ def test_each_dormant_account_is_refreshed_at_its_own_endpoint_with_its_own_clie
     assert (alpha.stats()["refresh_calls"], beta.stats()["refresh_calls"]) == (2, 1)
 
 
-class CountingAlerter:
-    def __init__(self) -> None:
-        self.alerts: list[StateChange] = []
+class Webhook:
+    """A real HTTP server on 127.0.0.1 that keeps every JSON body POSTed to it."""
 
-    def notify(self, change: StateChange) -> None:
-        if change.entered:
-            self.alerts.append(change)
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/oarlock"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.mark.postgres
-def test_a_revoked_account_needs_reauthorization_with_the_reason_over_several_cycles_and_is_tried_once(
+def test_a_revoked_account_needs_reauthorization_over_several_cycles_is_tried_once_and_alerts_once(
     store: PostgresKeyStore, providers: tuple[DevProvider, DevProvider]
 ) -> None:
     alpha, _ = providers
@@ -119,17 +142,40 @@ def test_a_revoked_account_needs_reauthorization_with_the_reason_over_several_cy
     assert apply_update_keys(store, worker_update(alpha, "acct-fine", "fay"))
     answer = requests.post(f"{alpha.url}/__revoke", json={"subject": "rex"}, timeout=10)
     assert answer.status_code == 200 and answer.json() == {"revoked": 1}
-    clock, alerter = ManualClock(time.time() + 8 * 86400), CountingAlerter()
+    webhook = Webhook()
+    alerter = Alerter(webhook=webhook.url)
+    clock = ManualClock(time.time() + 8 * 86400)
     keepalive = Keepalive(store, {"client-alpha": SECRET_A}, clock=clock, alerter=alerter)
-    first = keepalive.run_once()
-    assert first.needs_reauthorization == ["acct-revoked"] and first.refreshed == ["acct-fine"]
-    for _ in range(4):
-        clock.advance(90)
-        later = keepalive.run_once()
-        assert later.skipped_needs_reauthorization == ["acct-revoked"] and "acct-revoked" not in later.due
-    state = store.state("acct-revoked")
-    assert state is not None and state.state == NEEDS_REAUTHORIZATION
-    assert "invalid_grant" in (state.reason or "") and state.since is not None
-    token_calls = alpha.stats()["token_calls_by_grant"]["refresh_token"]
-    assert alpha.stats()["invalid_grant"] == 1 and len(alerter.alerts) == 1
-    assert token_calls == 1 + 5  # the revoked one once; the fine one every cycle (idle past 7 days on this clock)
+    try:
+        first = keepalive.run_once()
+        assert first.needs_reauthorization == ["acct-revoked"] and first.refreshed == ["acct-fine"]
+        for _ in range(4):
+            clock.advance(90)
+            later = keepalive.run_once()
+            assert later.skipped_needs_reauthorization == ["acct-revoked"] and "acct-revoked" not in later.due
+        assert alerter.wait_idle(30)
+        state = store.state("acct-revoked")
+        assert state is not None and state.state == NEEDS_REAUTHORIZATION
+        assert "invalid_grant" in (state.reason or "") and state.since is not None
+        refreshes = alpha.stats()["token_calls_by_grant"]["refresh_token"]
+        assert alpha.stats()["invalid_grant"] == 1  # the dead one was tried once in five cycles
+        assert refreshes == 1 + 5  # (the fine one every cycle: idle past 7 days on this clock, 90 s apart)
+        assert len(webhook.received) == 1
+        alert = webhook.received[0]
+        assert alert["account"] == "acct-revoked" and alert["state"] == NEEDS_REAUTHORIZATION
+        assert "invalid_grant" in alert["reason"] and alert["since"].endswith("Z")
+
+        # a human re-authorizes: the account is active again and kept alive; its next death alerts once more
+        store_authorization(store, "acct-revoked", alpha.mint("rex"), now=clock())
+        clock.advance(8 * 86400)
+        healed = keepalive.run_once()
+        assert "acct-revoked" in healed.refreshed
+        state = store.state("acct-revoked")
+        assert state is not None and state.state == ACTIVE
+        alpha.revoke("rex")
+        clock.advance(8 * 86400)
+        assert "acct-revoked" in keepalive.run_once().needs_reauthorization
+        assert alerter.wait_idle(30) and len(webhook.received) == 2
+    finally:
+        alerter.close()
+        webhook.close()

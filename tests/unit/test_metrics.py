@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import http.client
 import socket
 import threading
@@ -19,15 +20,17 @@ from oarlock.credentials.presets import RefreshSettings
 from oarlock.devprovider import DevProvider
 from oarlock.errors import ConfigurationError, CredentialNeedsReauthorization, KeyStoreError, TokenEndpointError
 from oarlock.metrics import hooks
+from oarlock.metrics.address import parse_address
 from oarlock.metrics.health import Health, LoopHealth
 from oarlock.metrics.keys import KeysServeMetrics
 from oarlock.metrics.run import OUTCOMES, STORE_OPERATIONS, WorkerMetrics, outcome_of
-from oarlock.metrics.server import parse_address, start_metrics_server
+from oarlock.metrics.server import start_metrics_server
 from oarlock.metrics.store import MeteredStore
 from oarlock.protocol.stepconfig import StepConfig
 from oarlock.runtime.executor import FunctionRunner
 from oarlock.runtime.memory_transport import MemoryTransport
-from oarlock.runtime.metered import MeteredRun, MeteredWorker, RunKit, accounts_in_cooldown, run_kit
+from oarlock.runtime.metered import MeteredRun, MeteredWorker, accounts_in_cooldown
+from oarlock.runtime.runkit import PlainRun, run_kit
 from oarlock.runtime.worker import Worker
 from tests.support import TEST_COMPONENTS
 from tests.unit.test_worker_rules import CIPHER, settings_for
@@ -101,6 +104,19 @@ def test_a_settled_input_is_counted_and_timed_on_the_injected_clock() -> None:
     assert value(registry, "oarlock_message_duration_seconds_bucket", function="echo", le="0.25") == 1
     assert value(registry, "oarlock_message_duration_seconds_bucket", function="echo", le="0.1") == 0
     assert value(registry, "oarlock_publish_confirm_seconds_sum") == pytest.approx(0.05)
+
+
+def test_a_lock_free_histogram_counts_a_value_on_a_bound_into_that_bound_s_bucket() -> None:
+    from oarlock.metrics.local import LocalHistogram
+
+    histogram = LocalHistogram((0.1, 1.0))
+    for seen in (0.05, 0.1, 0.5, 1.0, 7.0):
+        histogram.observe(seen)
+    (family,) = [histogram.family("x_seconds", "x")]
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "x_seconds_bucket"}
+    assert buckets == {"0.1": 2, "1.0": 4, "+Inf": 5}  # cumulative, as Prometheus reads them
+    totals = {s.name: s.value for s in family.samples if "bucket" not in s.name}
+    assert totals == {"x_seconds_count": 5, "x_seconds_sum": pytest.approx(8.65)}
 
 
 def test_scrape_time_gauges_read_their_functions_only_when_collected() -> None:
@@ -264,11 +280,11 @@ def test_a_worker_of_a_function_component_json_does_not_define_is_labelled_unloa
 
 def test_with_metrics_off_oarlock_run_builds_the_plain_worker_transport_and_store() -> None:
     kit = run_kit(None, {})
-    assert type(kit) is RunKit
+    assert type(kit) is PlainRun
     store = object()
     assert kit.store(store) is store
     assert type(kit.worker(settings_for("echo"), None, StepConfig({}), MemoryTransport())) is Worker
-    assert type(run_kit("", {"ELASTICIO_METRICS_ADDR": "  "})) is RunKit
+    assert type(run_kit("", {"ELASTICIO_METRICS_ADDR": "  "})) is PlainRun
     assert isinstance(run_kit(None, {"ELASTICIO_METRICS_ADDR": ":9100"}), MeteredRun)
     assert run_kit("9200", {"ELASTICIO_METRICS_ADDR": ":9100"}).address == ("127.0.0.1", 9200)  # type: ignore[attr-defined]
 
@@ -474,3 +490,39 @@ def test_keys_serve_metrics_read_the_service_counters_and_count_accounts_at_most
     assert value(registry, "oarlock_keys_keepalive_refreshes_total", outcome="ok") == 1
     assert value(registry, "oarlock_keys_keepalive_refreshes_total", outcome="retried") == 1
     assert value(registry, "oarlock_token_request_seconds_count") == 1
+
+
+def test_a_run_without_metrics_never_imports_prometheus_client() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, oarlock.cli.main, oarlock.cli.run, oarlock.credentials.manager\n"
+        "from oarlock.runtime.runkit import run_kit\n"
+        "run_kit(None, {})\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_every_confirmed_publish_is_timed_once_on_the_io_thread_s_next_turn_and_a_refused_one_never() -> None:
+    from oarlock.amqp.metered import MeteredTransport
+    from oarlock.amqp.types import Outgoing
+    from oarlock.errors import PublishError
+
+    metrics = WorkerMetrics()
+    transport = MeteredTransport("amqp://guest:guest@127.0.0.1:9/%2F", metrics=metrics)  # never started
+    try:
+        message = Outgoing("exchange", "rk", b"{}", {})
+        early, late, refused = (transport.publish(message) for _ in range(3))
+        early.resolve()  # answered before the I/O thread took note of it
+        refused.resolve(PublishError("returned as unroutable"))
+        transport._time_published()  # what the I/O thread does before its next hand-over or confirm
+        late.resolve()
+        transport._time_published()
+    finally:
+        transport.close()
+    registry = metrics.registry
+    assert value(registry, "oarlock_publish_confirm_seconds_count") == 2
+    assert transport._published == collections.deque()

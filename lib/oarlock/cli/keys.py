@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -324,7 +325,9 @@ def refresh_dormant_command(
     default=lambda: os.environ.get("ELASTICIO_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/%2F"),
     show_default="ELASTICIO_AMQP_URI or the local broker",
 )
-@click.option("--queue", required=True, help="Queue bound to the updateKeys routing key.")
+@click.option(
+    "--queue", "queues", required=True, multiple=True, help="Queue of updateKeys / credentialInvalid; repeatable."
+)
 @click.option("--crypto-password", envvar="ELASTICIO_MESSAGE_CRYPTO_PASSWORD", help="Message crypto password.")
 @click.option("--crypto-iv", envvar="ELASTICIO_MESSAGE_CRYPTO_IV", help="Message crypto IV (16 bytes).")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
@@ -335,37 +338,114 @@ def refresh_dormant_command(
     metavar="HOST:PORT",
     help="Serve /metrics, /healthz and /readyz on HOST:PORT, :PORT or PORT (host 127.0.0.1); off by default.",
 )
+@click.option("--http", "http_addr", metavar="HOST:PORT", help="Serve PUT/GET /v1/accounts/{id} and GET /healthz.")
+@click.option(
+    "--exchange", default=None, help="Exchange for the alerts and the keep-alive's updateKeys (default: none)."
+)
+@click.option("--alert-routing-key", default="credentialAlert", show_default=True, help="Routing key of the alerts.")
+@click.option("--update-keys-routing-key", envvar="ELASTICIO_UPDATE_KEYS_ROUTING_KEY", default="updateKeys")
+@click.option("--protocol-version", envvar="ELASTICIO_PROTOCOL_VERSION", type=int, default=1, help="Of what is sent.")
+@click.option("--webhook", default=None, help="POST each alert ({account, state, reason, since}) to this URL.")
+@click.option("--keepalive", is_flag=True, help="Refresh dormant credentials before their idle window closes.")
+@click.option("--keepalive-idle", type=click.FloatRange(min=0), help="Idle seconds due for every preset (tests).")
+@click.option("--keepalive-period", type=click.FloatRange(min=1), default=300.0, help="Seconds between cycles.")
+@click.option("--client-secrets", default=None, help="JSON file mapping client_id to client secret (keep-alive).")
 def serve_command(
     store_url: str,
     amqp_uri: str,
-    queue: str,
+    queues: tuple[str, ...],
     crypto_password: str | None,
     crypto_iv: str | None,
     burst: bool,
     metrics_addr: str | None,
+    http_addr: str | None,
+    exchange: str | None,
+    alert_routing_key: str,
+    update_keys_routing_key: str,
+    protocol_version: int,
+    webhook: str | None,
+    keepalive: bool,
+    keepalive_idle: float | None,
+    keepalive_period: float,
+    client_secrets: str | None,
 ) -> None:
-    """Consume updateKeys messages and persist them; ack only after the store committed.
+    """Consume updateKeys messages (and credentialInvalid reports) and persist them; ack only after the commit.
 
-    Reconnects when the broker drops the connection. Exit 2 on a configuration or store error,
-    3 when the broker cannot be reached at start or the queue cannot be consumed.
+    Reconnects when the broker drops the connection. With --http, sailor's account route; with
+    --keepalive, the keep-alive of dormant credentials; an account entering needs_reauthorization
+    alerts once on --exchange and --webhook. Exit 2 on a configuration or store error, 3 when the
+    broker cannot be reached at start or a queue cannot be consumed.
     """
     from oarlock import logs
+    from oarlock.keys.alerts import Alerter
     from oarlock.keys.consumer import KeysService
+    from oarlock.keys.http import ApiCredentials, serve_accounts
     from oarlock.protocol.crypto import PREVIOUS_IV_ENV, PREVIOUS_PASSWORD_ENV, MessageCipher
 
     logs.configure(os.environ.get("ELASTICIO_LOG_LEVEL", "info"))
+    credentials = ApiCredentials.from_env()
+    if http_addr and credentials is None:
+        _usage("--http needs OARLOCK_API_USERNAME and OARLOCK_API_KEY in the environment (basic auth of the route)")
+    if not keepalive and (keepalive_idle is not None or client_secrets is not None):
+        _usage("--keepalive-idle and --client-secrets are options of --keepalive")
+    secrets = _secrets(client_secrets) or {}
     store = _open(store_url)
+    stop = threading.Event()
+    closing: list[Callable[[], object]] = [store.close]
+    service: KeysService | None = None
     try:
         previous = {
             "previous_password": os.environ.get(PREVIOUS_PASSWORD_ENV),
             "previous_iv": os.environ.get(PREVIOUS_IV_ENV),
         }
-        service = KeysService(store, amqp_uri, queue, MessageCipher(crypto_password, crypto_iv, **previous))
+        cipher = MessageCipher(crypto_password, crypto_iv, **previous)
+
+        def publisher(routing_key: str) -> Callable[[dict[str, Any]], None] | None:
+            if not exchange:
+                return None
+            return lambda value: running.publish_json(exchange, routing_key, value)
+
+        alerter = Alerter(publish=publisher(alert_routing_key), webhook=webhook)
+        closing.insert(0, alerter.close)
+        service = running = KeysService(
+            store,
+            amqp_uri,
+            queues,
+            cipher,
+            alerter=alerter,
+            protocol_version=protocol_version,
+            store_name=store_url,
+            keepalive=keepalive,
+        )
         if metrics_addr:
             from oarlock.keys.metered import serve_metrics
 
             serve_metrics(metrics_addr, service, store)  # ConfigurationError (exit 2) when it cannot be bound
-        stored = service.run(burst=burst)
+        if http_addr:
+            accounts = serve_accounts(http_addr, store, credentials, broker_ok=service.consuming)
+            closing.insert(0, accounts.close)
+            service.http_url = accounts.url
+        if keepalive:
+            from oarlock.keys.keepalive import Keepalive
+
+            keeper = Keepalive(
+                store,
+                secrets,
+                idle_override=keepalive_idle,
+                publish=publisher(update_keys_routing_key),
+                alerter=alerter,
+            )
+
+            def keep_alive() -> None:
+                while not stop.is_set() and not running.started.wait(0.2):
+                    pass  # the first cycle publishes what it refreshes: once connected
+                keeper.run_forever(stop, keepalive_period)
+                keeper.close()
+
+            thread = threading.Thread(target=keep_alive, name="oarlock-keepalive", daemon=True)
+            thread.start()
+            closing.insert(0, lambda: thread.join(60))
+        service.run(burst=burst)
     except TransportError as exc:  # the broker cannot be reached, or the queue cannot be consumed
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(3)
@@ -373,8 +453,10 @@ def serve_command(
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(2)
     finally:
-        store.close()
-    click.echo(json.dumps({"stored": stored, "refused": service.refused, "rejected": service.rejected}))
+        stop.set()
+        for close in closing:  # the keep-alive, the route and the alerts first, the store last
+            close()
+    click.echo(json.dumps(service.counts()))
 
 
 @keys_group.command("reseal")

@@ -65,7 +65,7 @@ def run_command(
     from oarlock.protocol.settings import Settings
     from oarlock.redact import register_secret
     from oarlock.runtime.executor import FunctionRunner, UnloadableFunction
-    from oarlock.runtime.metered import run_kit
+    from oarlock.runtime.runkit import run_kit
     from oarlock.runtime.steploader import load_step_config
 
     env = dict(os.environ)

@@ -9,11 +9,11 @@ connection (see :mod:`oarlock.metrics.keys`).
 
 from __future__ import annotations
 
-from oarlock.amqp.metered import consuming
 from oarlock.keys.accounts import ACTIVE, STATES
 from oarlock.keys.base import KeyStore
 from oarlock.keys.consumer import KeysService
 from oarlock.metrics import hooks
+from oarlock.metrics.address import parse_address
 from oarlock.metrics.health import LoopHealth
 from oarlock.metrics.keys import KeysServeMetrics
 from oarlock.metrics.server import MetricsServer, start_metrics_server
@@ -40,10 +40,11 @@ def serve_metrics(address: str, service: KeysService, store: KeyStore) -> Metric
             "store_errors": service.requeued,
         }
 
-    def connected() -> bool:
-        transport = service._transport  # the service's own: None until run() connected
-        return transport is not None and consuming(transport)
-
-    metrics = KeysServeMetrics(updates, accounts=lambda: accounts_by_state(store), states=STATES, connected=connected)
+    where = parse_address(address, what="--metrics")
+    metrics = KeysServeMetrics(
+        updates, accounts=lambda: accounts_by_state(store), states=STATES, connected=service.consuming
+    )
     hooks.install(metrics)  # keep-alive refreshes go through the token client's hooks
-    return start_metrics_server(address, metrics.registry, LoopHealth(lambda: service._transport, consuming))
+    # the heartbeat beats on the loop of the service's first transport (None until run() connected it)
+    health = LoopHealth(lambda: service._transport, lambda _transport: service.consuming())
+    return start_metrics_server(where, metrics.registry, health)

@@ -1,15 +1,18 @@
 """Prometheus metrics and health routes for ``oarlock run`` and ``oarlock keys serve`` (off unless asked for).
 
-- :mod:`~oarlock.metrics.hooks`: what the hot paths call (the worker's settlement, the transport's
-  readiness, the token client): a module-level no-op object unless a process installs real hooks;
+- :mod:`~oarlock.metrics.hooks`: what the credential engine calls (token refreshes and requests): a
+  module-level no-op object unless a process installs real hooks;
 - :mod:`~oarlock.metrics.run`: the worker's metric definitions, on a registry of its own;
+  :mod:`~oarlock.metrics.local`: the lock-free counts the I/O thread keeps for them;
 - :mod:`~oarlock.metrics.keys`: the keys service's, read from its counters when scraped;
-- :mod:`~oarlock.metrics.observed`: a transport that times publish -> confirm, a keys store whose errors
-  are counted (both only put in place when metrics are on: off, nothing stands in the way);
+- :mod:`~oarlock.metrics.store`: a keys store whose failed calls are counted;
 - :mod:`~oarlock.metrics.health`: ``/healthz`` (the I/O loop turns) and ``/readyz`` (connected and consuming);
-- :mod:`~oarlock.metrics.server`: the HTTP server of ``/metrics``, ``/healthz`` and ``/readyz``.
+- :mod:`~oarlock.metrics.address`, :mod:`~oarlock.metrics.server`: ``HOST:PORT`` and the HTTP server.
 
-No label carries an account, a token or any other unbounded value: the labels are the function of
-the step (one per worker, a name component.json defines) and fixed sets of outcomes and operations.
-This package imports only prometheus_client and oarlock's base modules.
+The worker, the transport and the keys service get their metrics from metered subclasses and
+wiring outside this package (:mod:`oarlock.runtime.metered`, :mod:`oarlock.amqp.metered`,
+:mod:`oarlock.keys.metered`), used only when metrics are on. No label carries an account, a token
+or any other unbounded value: the labels are the step's function (one per worker, a name
+component.json defines) and fixed sets of outcomes and operations. This package imports only
+prometheus_client and oarlock's base modules.
 """

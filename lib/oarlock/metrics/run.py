@@ -29,12 +29,15 @@ name                                               labels               what
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from oarlock.metrics.hooks import REFRESH_OUTCOMES, Hooks
+from oarlock.metrics.local import LocalCounts, LocalHistogram
 
 #: how an input ended, the ``outcome`` label of ``oarlock_messages_total``
 OUTCOMES = ("data", "error", "rebound", "bad_input", "requeued", "redelivery")
@@ -75,8 +78,6 @@ class WorkerMetrics(Hooks):
     """The worker's metrics; :meth:`bind` names the step's function (a name component.json defines)."""
 
     __slots__ = (
-        "_duration",
-        "_messages",
         "_monotonic",
         "confirm_latency",
         "connected",
@@ -99,23 +100,12 @@ class WorkerMetrics(Hooks):
         self.registry = registry if registry is not None else CollectorRegistry()
         self._monotonic = monotonic
         registry = self.registry
-        self.messages = Counter(
-            "oarlock_messages", "Inputs settled, by function and outcome", ["function", "outcome"], registry=registry
-        )
-        self.duration = Histogram(
-            "oarlock_message_duration_seconds",
-            "Seconds from an input's delivery to its settlement (everything it produced confirmed)",
-            ["function"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
+        # what the I/O thread changes for every message: lock-free, exported when scraped (metrics.local)
+        self.messages = LocalCounts(OUTCOMES)
+        self.duration = LocalHistogram(DURATION_BUCKETS)
+        self.confirm_latency = LocalHistogram(CONFIRM_BUCKETS)
+        registry.register(_HotPath(self))
         self.in_flight = Gauge("oarlock_messages_in_flight", "Inputs delivered and not settled yet", registry=registry)
-        self.confirm_latency = Histogram(
-            "oarlock_publish_confirm_seconds",
-            "Seconds from a publish to the broker's confirm",
-            buckets=CONFIRM_BUCKETS,
-            registry=registry,
-        )
         self.reconnects = Counter(
             "oarlock_broker_reconnects", "Broker connections re-established after a lost connection", registry=registry
         )
@@ -145,10 +135,7 @@ class WorkerMetrics(Hooks):
             ["operation"],
             registry=registry,
         )
-        # every series there will be, at 0 from the start; the hot path uses the children directly
-        self._messages: dict[str, Any] = {}
-        self._duration: Any = None
-        for outcome in REFRESH_OUTCOMES:
+        for outcome in REFRESH_OUTCOMES:  # every series there will be, at 0 from the start
             self.refreshes.labels(outcome)
         for operation in STORE_OPERATIONS:
             self.store_errors.labels(operation)
@@ -156,8 +143,6 @@ class WorkerMetrics(Hooks):
     def bind(self, function: str) -> None:
         """The function whose inputs are counted: one per worker, a name of component.json (bounded)."""
         self.function = function
-        self._messages = {outcome: self.messages.labels(function, outcome) for outcome in OUTCOMES}
-        self._duration = self.duration.labels(function)
 
     def watch(
         self,
@@ -180,12 +165,12 @@ class WorkerMetrics(Hooks):
 
     # -- the hooks ---------------------------------------------------------------------------------
     def message_settled(self, job: SettledJob, settle: str | None, started: float, *, rebounded: bool) -> None:
-        """The worker settled an input (I/O thread); ``started``: its ``time.monotonic()`` when it was picked up."""
-        self._messages[outcome_of(job, settle, rebounded=rebounded)].inc()
-        self._duration.observe(self._monotonic() - started)
+        """The worker settled an input (I/O thread only); ``started``: its ``time.monotonic()`` when picked up."""
+        self.messages.counts[outcome_of(job, settle, rebounded=rebounded)] += 1
+        self.duration.observe(self._monotonic() - started)
 
     def publish_confirmed(self, sent_at: float) -> None:
-        """The broker confirmed a publish made at ``sent_at`` (``time.monotonic()``)."""
+        """The broker confirmed a publish made at ``sent_at`` (``time.monotonic()``) (I/O thread only)."""
         self.confirm_latency.observe(self._monotonic() - sent_at)
 
     def broker_reconnected(self) -> None:
@@ -202,3 +187,30 @@ class WorkerMetrics(Hooks):
 
     def token_rejected(self) -> None:
         self.refreshes.labels("rejected").inc()
+
+
+class _HotPath(Collector):
+    """The I/O thread's lock-free counts as prometheus_client families, built when scraped."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        if metrics.function is not None:  # bound to the worker's function: its series exist, at 0
+            function = metrics.function
+            yield metrics.messages.family(
+                "oarlock_messages", "Inputs settled, by function and outcome", ["function", "outcome"], [function]
+            )
+            yield metrics.duration.family(
+                "oarlock_message_duration_seconds",
+                "Seconds from an input's delivery to its settlement (everything it produced confirmed)",
+                ["function"],
+                [function],
+            )
+        yield metrics.confirm_latency.family(
+            "oarlock_publish_confirm_seconds", "Seconds from a publish to the broker's confirm"
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()

@@ -1,17 +1,15 @@
 """``oarlock run --metrics``: the worker, transport and keys store with metrics, and the server of their routes.
 
-:func:`run_kit` gives what ``oarlock run`` builds its parts with: without an address the plain
-:class:`~oarlock.runtime.worker.Worker`, :class:`~oarlock.amqp.transport.AmqpTransport` and the
-store itself (nothing measured, nothing in between); with one, :class:`MeteredWorker`,
-:class:`~oarlock.amqp.metered.MeteredTransport` and a :class:`~oarlock.metrics.store.MeteredStore`
-feeding one :class:`~oarlock.metrics.run.WorkerMetrics` on a registry of its own, the credential
-engine's hooks installed, and ``/metrics``, ``/healthz``, ``/readyz`` served from
-:meth:`MeteredRun.serve` on.
+:class:`MeteredRun` is what :func:`oarlock.runtime.runkit.run_kit` gives when an address is set:
+:class:`MeteredWorker`, :class:`~oarlock.amqp.metered.MeteredTransport` and a
+:class:`~oarlock.metrics.store.MeteredStore` feeding one :class:`~oarlock.metrics.run.WorkerMetrics`
+on a registry of its own, the credential engine's hooks installed, and ``/metrics``, ``/healthz``,
+``/readyz`` served from :meth:`MeteredRun.serve` on. Without an address this module (and
+prometheus_client) is never imported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
 from oarlock.amqp.metered import MeteredTransport, consuming
@@ -20,7 +18,7 @@ from oarlock.credentials.manager import CredentialManager
 from oarlock.metrics import hooks
 from oarlock.metrics.health import LoopHealth
 from oarlock.metrics.run import WorkerMetrics
-from oarlock.metrics.server import ENV, MetricsServer, parse_address, start_metrics_server
+from oarlock.metrics.server import MetricsServer, start_metrics_server
 from oarlock.metrics.store import MeteredStore
 from oarlock.protocol.events import Event, EventName
 from oarlock.runtime.executor import FunctionRunner
@@ -60,23 +58,7 @@ def accounts_in_cooldown(credentials: CredentialManager) -> int:
     return sum(1 for state in states if state.dead_until > now)
 
 
-class RunKit:
-    """Metrics off: the plain parts."""
-
-    def store(self, store: Store) -> Store:
-        return store
-
-    def transport(self, amqp_uri: str, **options: Any) -> AmqpTransport:
-        return AmqpTransport(amqp_uri, **options)
-
-    def worker(self, *args: Any, **kwargs: Any) -> Worker:
-        return Worker(*args, **kwargs)
-
-    def serve(self, worker: Worker, credentials: CredentialManager | None) -> None:
-        """Nothing to serve."""
-
-
-class MeteredRun(RunKit):
+class MeteredRun:
     """Metrics on, served at ``address`` once :meth:`serve` is called."""
 
     def __init__(self, address: tuple[str, int], metrics: WorkerMetrics | None = None) -> None:
@@ -105,11 +87,3 @@ class MeteredRun(RunKit):
         health = LoopHealth(lambda: self._transport, consuming)
         health.start()  # the first beat runs as soon as the transport's I/O loop does
         self.server = start_metrics_server(self.address, self.metrics.registry, health)
-
-
-def run_kit(option: str | None, env: Mapping[str, str]) -> RunKit:
-    """The parts for ``--metrics`` (else ``ELASTICIO_METRICS_ADDR``); ConfigurationError for an address that does not parse."""
-    address = option if option is not None else env.get(ENV)
-    if address is None or not address.strip():
-        return RunKit()
-    return MeteredRun(parse_address(address))
