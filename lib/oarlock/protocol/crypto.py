@@ -36,9 +36,13 @@ PREVIOUS_IV_ENV = "ELASTICIO_MESSAGE_CRYPTO_IV_PREVIOUS"
 T = TypeVar("T")
 
 
+# json.dumps builds an encoder per call; one built once writes the same text (encode() keeps no state)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
     """JSON text as JavaScript's ``JSON.stringify`` writes it (compact, UTF-8 kept)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 class MessageCipher:

@@ -147,7 +147,9 @@ class FunctionRunner:
             )
             try:
                 args = (message, call_cfg, result.snapshot, ctx)[: self._params]
-                returned = run_maybe_async(self._process(*args))
+                returned = self._process(*args)
+                if returned is not None and type(returned) is not Message:  # what most functions return: no await
+                    returned = run_maybe_async(returned)
             finally:
                 ctx.close()
             if returned is not None:
