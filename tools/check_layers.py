@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
         "oarlock.awaitables",
         "oarlock.redact",
         "oarlock.logs",
+        "oarlock.serving",
     ),
     ("oarlock.metrics",),  # prometheus_client only: the hooks the layers above call, the /metrics server
     ("oarlock.amqp",),  # the door to pika: neutral Incoming/Outgoing types and the transport

@@ -34,6 +34,7 @@ from oarlock.credentials.endpoint import TokenClient
 from oarlock.credentials.presets import RefreshSettings
 from oarlock.credentials.token import TokenSet
 from oarlock.errors import ConfigurationError, CredentialError, CredentialNeedsReauthorization
+from oarlock.serving import ServerThread
 
 CALLBACK_PATH = "/callback"
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -168,11 +169,8 @@ class CallbackListener:
         server.received, server.arrived, server.expected_state = None, threading.Event(), state
         server.first = threading.Lock()
         self._server = server
-        self.port: int = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="oarlock-login-callback", daemon=True
-        )
-        self._thread.start()
+        self._serving = ServerThread(server, name="oarlock-login-callback", poll_interval=0.1)
+        self.port: int = self._serving.port
 
     @property
     def redirect_uri(self) -> str:
@@ -187,8 +185,7 @@ class CallbackListener:
         return dict(self._server.received or {})
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serving.close()
 
     def __enter__(self) -> CallbackListener:
         return self

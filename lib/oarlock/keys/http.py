@@ -56,6 +56,7 @@ from oarlock.keys.base import KeyStore
 from oarlock.keys.reauth import store_authorization
 from oarlock.metrics.address import parse_address
 from oarlock.redact import redact_text, register_credential
+from oarlock.serving import ServerThread
 
 log = logging.getLogger("oarlock.keys.http")
 
@@ -139,21 +140,15 @@ class AccountsServer:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="oarlock-accounts-store")
         self._health_lock = threading.Lock()
         self._health: tuple[float, bool] = (-HEALTH_CACHE_SECONDS, False)
-        self._server = _Server(address, self)
-        self.host, self.port = str(self._server.server_address[0]), int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="oarlock-accounts", daemon=True
-        )
-        self._thread.start()
+        self._serving = ServerThread(_Server(address, self), name="oarlock-accounts")
+        self.host, self.port = self._serving.host, self._serving.port
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self._serving.url
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serving.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the routes (handler threads) ----------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_cr
 from oarlock.errors import ConfigurationError
 from oarlock.metrics.address import parse_address
 from oarlock.metrics.health import Health
+from oarlock.serving import ServerThread
 
 log = logging.getLogger("oarlock.metrics")
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -83,25 +83,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: a probe every few seconds is not worth a log line."""
 
 
-class MetricsServer:
+class MetricsServer(ServerThread):
     """A running server; :meth:`close` stops it."""
 
     def __init__(self, server: _Server) -> None:
-        self._server = server
-        self.host, self.port = str(server.server_address[0]), int(server.server_address[1])
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="oarlock-metrics", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(server, name="oarlock-metrics", poll_interval=0.2)
 
 
 def start_metrics_server(
