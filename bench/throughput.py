@@ -86,7 +86,7 @@ def run_oarlock(
     cfg: dict[str, Any] | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> tuple[float, float]:
-    """msgs/s (the fixed cost of starting and of detecting the empty queue removed) and peak RSS in MB."""
+    """msgs/s over the output span (see :func:`output_span`) and peak RSS in MB."""
     cfg_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"oarlock-bench-cfg-{os.getpid()}.json"
     cfg_path.write_text(json.dumps(cfg or {}))
     env = {
@@ -96,21 +96,49 @@ def run_oarlock(
         "ELASTICIO_LOG_LEVEL": "warning",
         **(extra_env or {}),
     }
-    started = time.perf_counter()
+    if BASELINE_LIB[0] and env.get(BASELINE_MARK):
+        env["PYTHONPATH"] = BASELINE_LIB[0]  # another checkout's lib/: the same runner on older code
+    env.pop(BASELINE_MARK, None)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     cpu_before = children_cpu()
     done = burst(cfg_path, env, concurrency=concurrency)
     cpu = children_cpu() - cpu_before
-    elapsed = time.perf_counter() - started - fixed_cost(broker, function, cfg_path, env)
+    fixed_cost(broker, function, cfg_path, env)
     LAST_CPU_US[0] = (cpu - _FIXED_CPU[fixed_key(function, env)]) / count * 1e6
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if done.returncode != 0:
         raise SystemExit(f"worker failed: {done.stderr[-2000:]}")
-    produced = broker.count("data")
-    if produced != count:
-        raise SystemExit(f"expected {count} outputs, found {produced}")
-    broker.channel.queue_purge(broker.queues["data"])
-    return count / elapsed, max(peak, before) / 1024
+    span = output_span(broker, count)
+    return count / span, max(peak, before) / 1024
+
+
+def output_span(broker: BrokerSandbox, count: int) -> float:
+    """Seconds from the first input's ``start`` header to the last output's ``end`` header (the data queue drained).
+
+    Every data message oarlock publishes carries sailor's ``start`` (when its input was taken up, ms)
+    and ``end`` (when it was encoded, ms). Timing that span leaves out what a burst run adds around
+    the work: the interpreter's start, the connect, and the empty-queue detection (a 0.25 s poll
+    after 0.5 s idle, which would move a 3 s run's rate in ~8 % steps).
+    """
+    first, last, seen = float("inf"), 0.0, 0
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_uri))
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=2000)
+        for _method, props, _body in channel.consume(broker.queues["data"], auto_ack=True, inactivity_timeout=5):
+            if props is None:
+                break
+            headers = props.headers or {}
+            first, last = min(first, float(headers["start"])), max(last, float(headers["end"]))
+            seen += 1
+            if seen == count:
+                break
+        channel.cancel()
+    finally:
+        connection.close()
+    if seen != count:
+        raise SystemExit(f"expected {count} outputs, found {seen}")
+    return max(last - first, 1.0) / 1000
 
 
 SAILOR_HEADERS = {
@@ -126,6 +154,9 @@ SAILOR_HEADERS = {
     "threadId": "6ce502d8-d335-43de-8390-f7fa5e155d93",
 }
 _FIXED: dict[str, float] = {}
+#: ``--baseline-lib``: another checkout's lib/ folder; runners whose env carries BASELINE_MARK run oarlock from there
+BASELINE_LIB = [""]
+BASELINE_MARK = "OARLOCK_BENCH_BASELINE"
 _FIXED_CPU: dict[str, float] = {}  # CPU seconds of the same empty run
 #: CPU microseconds per message of the last oarlock run (its process's user + system time, the fixed cost's removed)
 LAST_CPU_US = [0.0]
@@ -137,7 +168,11 @@ def children_cpu() -> float:
 
 
 def fixed_key(function: str, env: dict[str, str]) -> str:
-    return function + ("+metrics" if env.get("ELASTICIO_METRICS_ADDR") else "")
+    return (
+        function
+        + ("+metrics" if env.get("ELASTICIO_METRICS_ADDR") else "")
+        + ("+baseline" if env.get("PYTHONPATH") == BASELINE_LIB[0] and BASELINE_LIB[0] else "")
+    )
 
 
 def burst(cfg_path: Path, env: dict[str, str], *, concurrency: int) -> subprocess.CompletedProcess[str]:
@@ -320,6 +355,8 @@ RUNNERS = {
     "oarlock_plain_pika": "oarlock run, concurrency {prefetch}, hot path off (OARLOCK_AMQP_HOT_PATH=off)",
     "oarlock_metrics": "oarlock run, concurrency {prefetch}, metrics on (ELASTICIO_METRICS_ADDR)",
     "raw_tuned": "raw pika + coalesced writes, multiple acks",
+    "baseline_plain": "oarlock run from --baseline-lib, concurrency {prefetch}",
+    "baseline": "oarlock run from --baseline-lib, concurrency {prefetch}",
 }
 RATIOS = {  # printed per round: each like-for-like pair, then encrypted oarlock against the bare ceiling
     "plaintext: oarlock / raw pika": ("oarlock_plain", "raw"),
@@ -327,11 +364,17 @@ RATIOS = {  # printed per round: each like-for-like pair, then encrypted oarlock
     "encrypted oarlock / plaintext raw pika": ("oarlock", "raw"),
     "encrypted oarlock, hot path off / on": ("oarlock_plain_pika", "oarlock"),
     "encrypted oarlock, metrics on / off": ("oarlock_metrics", "oarlock"),
+    "plaintext: oarlock / --baseline-lib": ("oarlock_plain", "baseline_plain"),
+    "encrypted: oarlock / --baseline-lib": ("oarlock", "baseline"),
+    "plaintext: --baseline-lib / raw pika": ("baseline_plain", "raw"),
+    "encrypted: --baseline-lib / raw pika": ("baseline", "raw_sailor"),
 }
-ENCRYPTED = {"raw_sailor", "oarlock", "oarlock_1", "oarlock_plain_pika", "oarlock_metrics"}
+ENCRYPTED = {"raw_sailor", "oarlock", "oarlock_1", "oarlock_plain_pika", "oarlock_metrics", "baseline"}
 EXTRA_ENV = {
     "oarlock_plain_pika": {"OARLOCK_AMQP_HOT_PATH": "off"},
     "oarlock_metrics": {"ELASTICIO_METRICS_ADDR": "127.0.0.1:0"},  # served, not scraped: the cost of counting
+    "baseline_plain": {BASELINE_MARK: "1"},
+    "baseline": {BASELINE_MARK: "1"},
 }
 
 
@@ -362,14 +405,10 @@ def print_throughput(rounds: list[dict[str, tuple[float, float, float]]], messag
     runners = [name for name in RUNNERS if name in rounds[0]]
     median = {name: statistics.median(r[name][0] for r in rounds) for name in runners}
     print(f"\n### Throughput, {messages} messages of 1 KB, prefetch {prefetch}, confirms on\n")
-    fixed = " / ".join(
-        f"{seconds:.2f} s" + (" with metrics" if key.endswith("+metrics") else "")
-        for key, seconds in _FIXED.items()
-        if key.startswith("passthrough")
-    )
     print(
-        f"(medians of {len(rounds)} interleaved rounds; oarlock rates exclude the fixed {fixed or '-'} "
-        "of starting the process and detecting the empty queue, measured by a burst run over an empty queue)\n"
+        f"(medians of {len(rounds)} interleaved rounds; an oarlock rate is timed over its output span, the first "
+        "input's start header to the last output's end header, so the process start, the connect and the "
+        "empty-queue detection of --burst are not in it; CPU per message has an empty run's CPU removed)\n"
     )
     print(
         "| messages | runner | msgs/s | peak RSS (MB) | CPU µs/msg | ratio to its raw pika loop | ratio to bare raw pika |"
@@ -378,11 +417,11 @@ def print_throughput(rounds: list[dict[str, tuple[float, float, float]]], messag
     cpu = {name: statistics.median(r[name][2] for r in rounds) for name in runners}
     for name in runners:
         kind = "encrypted" if name in ENCRYPTED else "plaintext"
-        ours = name.startswith("oarlock")
-        rss = f"{max(r[name][1] for r in rounds):.1f}" if ours else "-"
+        measured = name.startswith(("oarlock", "baseline"))
+        rss = f"{max(r[name][1] for r in rounds):.1f}" if measured else "-"
         own = "raw_sailor" if name in ENCRYPTED else "raw"
         row = [kind, RUNNERS[name].format(prefetch=prefetch), f"{median[name]:,.0f}", rss]
-        row.append(f"{cpu[name]:.0f}" if ours else "-")
+        row.append(f"{cpu[name]:.0f}" if measured else "-")
         row += [f"{median[name] / median[base]:.2f}" if base in median else "-" for base in (own, "raw")]
         print("| " + " | ".join(row) + " |")
     print()
@@ -393,7 +432,7 @@ def print_throughput(rounds: list[dict[str, tuple[float, float, float]]], messag
         print(
             f"{label} per round {', '.join(f'{x:.2f}' for x in per_round)} (median {statistics.median(per_round):.2f})"
         )
-        if ours.startswith("oarlock") and theirs.startswith("oarlock"):  # the same runtime: CPU per message too
+        if not ours.startswith("raw") and not theirs.startswith("raw"):  # the same runtime: CPU per message too
             per_round = [r[ours][2] / r[theirs][2] for r in rounds]
             print(
                 f"{label}, CPU per message, per round {', '.join(f'{x:.2f}' for x in per_round)} "
@@ -410,10 +449,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--io-messages", type=int, default=400)
     parser.add_argument("--keys-messages", type=int, default=5000)
-    parser.add_argument("--runners", default=",".join(RUNNERS), help="comma list of runners (default: all)")
+    parser.add_argument("--runners", default="", help="comma list of runners (default: all)")
     parser.add_argument("--throughput-only", action="store_true", help="leave out the updateKeys and I/O cases")
+    parser.add_argument(
+        "--baseline-lib",
+        help="another checkout's lib/ folder (say a git worktree of an older commit): its oarlock is measured too, "
+        "as the runners baseline_plain and baseline, each ratio per round",
+    )
     args = parser.parse_args()
-    runners = [name for name in args.runners.split(",") if name]
+    default_runners = ",".join(name for name in RUNNERS if not name.startswith("baseline") or args.baseline_lib)
+    runners = [name for name in (args.runners or default_runners).split(",") if name]
+    if args.baseline_lib:
+        BASELINE_LIB[0] = str(Path(args.baseline_lib).resolve())
+    elif any(name.startswith("baseline") for name in runners):
+        parser.error("the baseline runners need --baseline-lib")
     unknown = sorted(set(runners) - set(RUNNERS))
     if unknown or not runners:
         parser.error(f"unknown runners {unknown}: choose from {', '.join(RUNNERS)}")

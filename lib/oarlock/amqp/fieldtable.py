@@ -76,19 +76,15 @@ def encode_table(table: dict[str, Any]) -> bytes:
     last = _last_entries
     for key, value in table.items():
         kind = type(value)
-        if kind is str or kind is int:
+        if kind is str or kind is int or kind is SignedByte:
             remembered = last.get(key)
             if remembered is not None and remembered[0] == value and type(remembered[0]) is kind:
                 parts.append(remembered[1])
                 continue
-            entry = _entry(key, value)
+            entry = _signed_byte_entry(key, value) if kind is SignedByte else _entry(key, value)
             if len(last) < _LAST_ENTRIES_MAX:
                 last[key] = (value, entry)
             parts.append(entry)
-            continue
-        if kind is SignedByte and type(key) is str and -128 <= value <= 127 and len(key.encode()) <= 255:
-            name = key.encode()
-            parts.append(b"".join((bytes((len(name),)), name, b"b", value.to_bytes(1, "big", signed=True))))
             continue
         parts.append(_pika_entry(key, value))
     body = b"".join(parts)
@@ -111,6 +107,15 @@ def _entry(key: Any, value: str | int) -> bytes:
                 return b"".join((bytes((len(name),)), name, b"I", value.to_bytes(4, "big", signed=True)))
             if _INT64_MIN <= value <= _INT64_MAX:
                 return b"".join((bytes((len(name),)), name, b"l", value.to_bytes(8, "big", signed=True)))
+    return _pika_entry(key, value)
+
+
+def _signed_byte_entry(key: Any, value: int) -> bytes:
+    """A header sent as an AMQP signed byte (``b``); out of its range or with an odd key, as pika writes it."""
+    if type(key) is str and -128 <= value <= 127:
+        name = key.encode()
+        if len(name) <= 255:
+            return b"".join((bytes((len(name),)), name, b"b", value.to_bytes(1, "big", signed=True)))
     return _pika_entry(key, value)
 
 

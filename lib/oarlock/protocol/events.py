@@ -20,8 +20,7 @@ from __future__ import annotations
 import enum
 import threading
 import traceback
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from oarlock.errors import EmitError, OarlockError
 from oarlock.protocol.message import Message
@@ -42,11 +41,11 @@ class EventName(enum.StrEnum):
 
 #: what a function may emit
 EVENT_NAMES: frozenset[str] = frozenset(e.value for e in EventName) - {EventName.CREDENTIAL_INVALID.value}
+_EMITTABLE: dict[str, EventName] = {name: EventName(name) for name in EVENT_NAMES}
 
 
-@dataclass(frozen=True)
-class Event:
-    """One emitted event with its normalised payload.
+class Event(NamedTuple):
+    """One emitted event with its normalised payload (immutable; a tuple: one is built per message).
 
     ``persisted`` is set on an updateKeys the refresh engine already wrote to its keys store (inside
     the cross-process lock): the store is the one owner of that write, a sink only forwards it.
@@ -99,9 +98,9 @@ def error_payload(exc: BaseException) -> dict[str, str]:
 
 def normalise(name: str, payload: Any) -> Event:
     """Check an event name and bring its payload into the shape the transports expect."""
-    if name not in EVENT_NAMES:
+    event_name = _EMITTABLE.get(name) if isinstance(name, str) else None
+    if event_name is None:
         raise EmitError(f"unknown event {name!r}: a function may emit one of {', '.join(sorted(EVENT_NAMES))}")
-    event_name = EventName(name)
     if event_name in (EventName.DATA, EventName.REBOUND):
         return Event(event_name, _as_message(payload))
     if event_name is EventName.ERROR:

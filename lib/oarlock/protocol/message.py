@@ -26,7 +26,7 @@ def new_id() -> str:
     Drawn from a seeded in-process generator rather than os.urandom: ids need uniqueness, not
     secrecy, and a syscall per id costs a GIL hand-off on every message of a busy worker.
     """
-    digits = "%032x" % (_ids.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    digits = (_ids.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET).to_bytes(16, "big").hex()
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 

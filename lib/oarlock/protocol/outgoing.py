@@ -40,7 +40,7 @@ from oarlock.redact import redact, redact_text
 REBOUND_LIMIT_ERROR = {"name": "Error", "message": "Rebound limit exceeded", "stack": ""}
 
 
-@dataclass
+@dataclass(slots=True)
 class InputView:
     """What encoding needs of the input an event belongs to."""
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("oarlock.executor")
 
 
-@dataclass
+@dataclass(slots=True)
 class CallResult:
     """What one call produced."""
 
@@ -216,33 +216,35 @@ def infrastructure_cause(exc: BaseException) -> KeyStoreError | None:
 
 
 class CallSink:
-    """One call's sink: error events redacted, every event recorded in the result, then passed on."""
+    """One call's sink: error events redacted, every event recorded in the result, then passed on.
+
+    A function may emit from several threads: appending an event and setting a flag are single
+    steps, a snapshot's clear-and-update is done under a lock (shared by all calls: snapshot
+    events are rare, and one lock less is built per message).
+    """
+
+    __slots__ = ("_outer", "_result")
+    _snapshot_lock = threading.Lock()
 
     def __init__(self, result: CallResult, outer: EventSink | None) -> None:
         self._result = result
         self._outer = outer
-        self._lock = threading.Lock()
 
     def emit(self, event: Event) -> None:
-        if event.name is EventName.ERROR:
-            event = Event(event.name, redact(event.payload))
-        with self._lock:
-            _apply(self._result, event)
+        name, result = event.name, self._result
+        if name is EventName.ERROR:
+            event = Event(name, redact(event.payload))
+            result.errored = True
+        elif name is EventName.REBOUND:
+            result.rebound = True
+        elif name is EventName.SNAPSHOT or name is EventName.UPDATE_SNAPSHOT:
+            with self._snapshot_lock:
+                if name is EventName.SNAPSHOT:
+                    result.snapshot.clear()
+                result.snapshot.update(event.payload)
+        result.events.append(event)
         if self._outer is not None:
             self._outer.emit(event)
-
-
-def _apply(result: CallResult, event: Event) -> None:
-    result.events.append(event)
-    if event.name is EventName.ERROR:
-        result.errored = True
-    elif event.name is EventName.REBOUND:
-        result.rebound = True
-    elif event.name is EventName.SNAPSHOT:
-        result.snapshot.clear()
-        result.snapshot.update(event.payload)
-    elif event.name is EventName.UPDATE_SNAPSHOT:
-        result.snapshot.update(event.payload)
 
 
 def _positional_count(func: Callable[..., Any]) -> int:

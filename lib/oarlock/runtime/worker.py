@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from typing import Any
 
 from oarlock.amqp.types import Confirm, Incoming, Outgoing, Transport, now_ms
@@ -54,23 +53,21 @@ RETRY_LATER_FIRST_SECONDS = 1.0
 RETRY_LATER_MAX_SECONDS = 30.0
 
 
-@dataclass
 class _Job:
-    """One input being processed."""
+    """One input being processed (one per message: a plain slotted class, cheap to build)."""
 
-    delivery: Incoming
-    view: InputView
-    confirms: list[Confirm] = field(default_factory=list)
-    errored: bool = False
-    retry_later: OarlockError | None = None
-    message_id: str | None = field(init=False)
-    #: running -> finished (the function returned) or timed_out (the time limit settled the input first)
-    state: str = "running"
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    __slots__ = ("confirms", "delivery", "errored", "lock", "message_id", "retry_later", "state", "view")
 
-    def __post_init__(self) -> None:
-        value = self.view.incoming.get("messageId")
-        self.message_id = str(value) if value else None
+    def __init__(self, delivery: Incoming, view: InputView) -> None:
+        self.delivery, self.view = delivery, view
+        self.confirms: list[Confirm] = []
+        self.errored = False
+        self.retry_later: OarlockError | None = None
+        value = view.incoming.get("messageId")
+        self.message_id: str | None = str(value) if value else None
+        #: running -> finished (the function returned) or timed_out (the time limit settled the input first)
+        self.state = "running"
+        self.lock = threading.Lock()
 
     def finish(self) -> bool:
         """Mark the function as returned; False when the time limit already settled the input."""
@@ -239,8 +236,13 @@ class Worker:
             if job is None:
                 self._release(None)
                 return
-            if job.view.message is not None:
-                self._run(job, started)
+            message = job.view.message
+            if message is not None:  # decoded: run the function, its events published as they come
+                limit = self.settings.message_time_limit
+                if limit is not None:
+                    self.transport.call_later(limit, lambda: self._on_time_limit(job, started, limit))
+                sink = _JobSink(self, job)
+                job.retry_later = self.runner.call(message, self.cfg, self._snapshot_copy(), sink=sink).retry_later
         except Exception as exc:
             if job is not None and not job.finish():
                 return  # the time limit settled it already
@@ -262,7 +264,7 @@ class Worker:
     # -- one input -----------------------------------------------------------------------------------
     def _prepare(self, delivery: Incoming) -> _Job | None:
         """Register and decode the input (a decode error is published at once); None when already done."""
-        incoming = dict(delivery.headers)
+        incoming = delivery.headers  # the transport's own dict for this delivery: read, never changed
         head, tail = self._outgoing_headers.parts(incoming, start_ms=now_ms())
         view = InputView(
             incoming,
@@ -284,7 +286,8 @@ class Worker:
             self.transport.ack(delivery)
             return None
         try:
-            view.protocol_version = protocol_version_of(incoming)
+            version = incoming.get("protocolVersion")
+            view.protocol_version = version if type(version) is int and version else protocol_version_of(incoming)
             view.content = self.cipher.decrypt(delivery.body, view.protocol_version)
             view.message = Message.from_dict(view.content)
             if incoming.get("reply_to") and "reply_to" not in view.message.headers:
@@ -293,15 +296,6 @@ class Worker:
             log.error("cannot decode message: %s", exc, extra={"messageId": job.message_id})
             self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
         return job
-
-    def _run(self, job: _Job, started: float) -> None:
-        """Run the function for a decoded input; its events are published as they come."""
-        assert job.view.message is not None
-        limit = self.settings.message_time_limit
-        if limit is not None:
-            self.transport.call_later(limit, lambda: self._on_time_limit(job, started, limit))
-        result = self.runner.call(job.view.message, self.cfg, self._snapshot_copy(), sink=_JobSink(self, job))
-        job.retry_later = result.retry_later
 
     def _on_time_limit(self, job: _Job, started: float, limit: float) -> None:
         """I/O thread: the function still runs after ``limit`` seconds: an error event, then a reject.
@@ -381,10 +375,6 @@ class Worker:
             self.transport.reject(job.delivery, requeue=True)
         elif settle is not None:
             self.transport.reject(job.delivery, requeue=False)
-        if settle in ("ack", "reject"):
-            self._remember(job.message_id)
-            with self._lock:
-                self._infrastructure_failures = 0
         self.processed += 1
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -398,13 +388,21 @@ class Worker:
                     "duration_ms": round((time.monotonic() - started) * 1000, 2),
                 },
             )
-        self._release(job.message_id)
+        self._release(job.message_id, settled=settle in ("ack", "reject"))
 
-    def _release(self, message_id: str | None) -> None:
+    def _release(self, message_id: str | None, *, settled: bool = False) -> None:
+        """The input is no longer in flight; ``settled`` (acked or rejected): its id is remembered as done."""
         with self._lock:
             event = self._active.pop(message_id, None) if message_id else None
             self._inflight -= 1
             self._last_activity = time.monotonic()
+            if settled:
+                self._infrastructure_failures = 0
+                if message_id:
+                    done = self._done
+                    done[message_id] = None
+                    if len(done) > DEDUP_CAPACITY:
+                        done.popitem(last=False)
         if event is not None:
             event.set()
 
@@ -421,14 +419,6 @@ class Worker:
                 if waiting is None:
                     waiting = self._active[message_id] = threading.Event()
             waiting.wait(CONFIRM_TIMEOUT)
-
-    def _remember(self, message_id: str | None) -> None:
-        if not message_id:
-            return
-        with self._lock:
-            self._done[message_id] = None
-            while len(self._done) > DEDUP_CAPACITY:
-                self._done.popitem(last=False)
 
     def _snapshot_copy(self) -> dict[str, Any]:
         with self._lock:
@@ -451,6 +441,9 @@ class Worker:
                 self.transport.publish(self.encoder.encode(job.view, event).messages[0])
             return
         try:
+            if event.name is EventName.DATA:  # nearly every event: straight to its encoding
+                self._send(job, self.encoder.data(job.view, event.payload))
+                return
             encoded = self.encoder.encode(job.view, event)
         except EncodeError as exc:
             encoded = self.encoder.encode(job.view, Event(EventName.ERROR, error_payload(exc)))
