@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ import requests
 
 from oarlock.credentials.auth import authorized_session, oauth2_flow
 from oarlock.credentials.manager import CredentialManager
+from oarlock.credentials.reports import fingerprint_of
 from oarlock.devprovider import DevProvider, ManualClock
 from oarlock.errors import CredentialNeedsReauthorization, TokenEndpointError, TokenRejected
 from oarlock.keys.sqlite import SqliteKeyStore
@@ -169,6 +171,10 @@ def test_a_revoked_credential_fails_fast_during_the_cooldown_and_other_accounts_
         assert len(reports) == 1, "the keys service hears of a dead credential once per cooldown, not per message"
         assert reports[0]["type"] == "credentialInvalid" and reports[0]["account"] == "acct-dead"
         assert reports[0]["state"] == "needs_reauthorization" and "invalid_grant" in reports[0]["reason"]
+        # the report names the dead credential by a one-way fingerprint, never by a token
+        assert reports[0]["fingerprint"] == fingerprint_of(dead["oauth"]) and len(reports[0]["fingerprint"]) == 16
+        assert dead["oauth"]["refresh_token"] not in json.dumps(reports[0])
+        assert dead["oauth"]["access_token"] not in json.dumps(reports[0])
         now[0] += 31
         with pytest.raises(CredentialNeedsReauthorization):
             session_for(manager, dead, [], reports).get(f"{provider.url}/api/me")

@@ -3,6 +3,7 @@ dead ones not hammered; the client-secrets file; the per-preset idle windows."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from oarlock.credentials.presets import PRESETS
 from oarlock.devprovider import DevProvider, ManualClock
 from oarlock.errors import ConfigurationError, KeyStoreError, TransportError
 from oarlock.keys.accounts import ACTIVE, NEEDS_REAUTHORIZATION, REFRESH_FAILING, StateChange
-from oarlock.keys.keepalive import Keepalive
+from oarlock.keys.keepalive import Keepalive, failing_backoff
 from oarlock.keys.reauth import store_authorization
 from oarlock.keys.secrets import load_client_secrets
 from oarlock.keys.sqlite import SqliteKeyStore
@@ -230,11 +231,66 @@ def test_a_transient_failure_is_recorded_as_refresh_failing_with_a_count_and_the
         assert summary.failed == ["acct"] and "503" in summary.reasons["acct"]
         state = store.state("acct")
         assert state is not None and state.state == REFRESH_FAILING and state.failures == cycle
-        clock.advance(61)
+        clock.advance(failing_backoff(cycle) + 1)
     a.configure(fail_first=0)
     assert keepalive.run_once().refreshed == ["acct"]
     state = store.state("acct")
     assert state is not None and state.state == ACTIVE and state.failures == 0
+
+
+def test_a_failing_account_is_retried_after_a_growing_backoff_not_every_cycle(
+    store: SqliteKeyStore, providers: tuple[DevProvider, DevProvider]
+) -> None:
+    a, _ = providers
+    a.configure(fail_first=1_000_000)  # the provider is down for the whole test
+    store.save("acct", a.mint("alice"), 1, None, settings_of(a))
+    clock = later(8)
+    manager = CredentialManager(coordinator=store, clock=clock, sleep=lambda _seconds: None)
+    keepalive = Keepalive(store, {"client-a": SECRET_A}, clock=clock, manager=manager)
+    tried_at: list[float] = []
+    start = clock()
+    while clock() - start < 2 * 3600:  # two hours of cycles a minute apart
+        summary = keepalive.run_once()
+        if summary.failed:
+            tried_at.append(clock() - start)
+        else:
+            assert summary.skipped_backoff == ["acct"] and "next attempt in" in summary.reasons["acct"]
+            assert not summary.due and not summary.problems
+        clock.advance(61)
+    # 5 min after the first failure, then 10, 20, 40: five attempts in two hours, not 118
+    gaps = [later - earlier for earlier, later in itertools.pairwise(tried_at)]
+    assert len(tried_at) == 5 and [round(gap / 61) for gap in gaps] == [5, 10, 20, 40]
+    assert [failing_backoff(n) for n in (1, 2, 3, 8, 9, 50)] == [300, 600, 1200, 21600, 21600, 21600]
+    state = store.state("acct")
+    assert state is not None and state.state == REFRESH_FAILING and state.failures == 5
+
+
+def test_a_re_authorized_failing_account_is_tried_at_once_not_after_the_backoff(
+    store: SqliteKeyStore, providers: tuple[DevProvider, DevProvider]
+) -> None:
+    a, _ = providers
+    a.configure(fail_first=1_000_000)
+    store.save("acct", a.mint("alice"), 1, None, settings_of(a))
+    clock = later(8)
+    manager = CredentialManager(coordinator=store, clock=clock, sleep=lambda _seconds: None)
+    keepalive = Keepalive(store, {"client-a": SECRET_A}, clock=clock, manager=manager, idle_override=0)
+    assert keepalive.run_once().failed == ["acct"]
+    a.configure(fail_first=0)
+    store_authorization(store, "acct", a.mint("alice"), settings=settings_of(a))  # a human re-authorized it
+    clock.advance(61)
+    assert keepalive.run_once().refreshed == ["acct"]
+
+
+def test_a_cycle_given_a_stop_event_ends_between_two_accounts(
+    store: SqliteKeyStore, providers: tuple[DevProvider, DevProvider]
+) -> None:
+    a, _ = providers
+    for name in ("acct-1", "acct-2", "acct-3"):
+        store.save(name, a.mint(name), 1, None, settings_of(a))
+    stop = threading.Event()
+    keepalive = Keepalive(store, {"client-a": SECRET_A}, idle_override=0, publish=lambda _payload: stop.set())
+    summary = keepalive.run_once(stop)
+    assert summary.interrupted and len(summary.refreshed) == 1 and a.stats()["refresh_calls"] == 1
 
 
 def test_a_cycle_logs_one_line_per_refresh_and_a_summary_line_even_when_nothing_was_due(

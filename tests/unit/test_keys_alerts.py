@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from oarlock.credentials.reports import fingerprint_of
 from oarlock.errors import ConfigurationError, DecodeError, TransportError
 from oarlock.keys.accounts import ACTIVE, NEEDS_REAUTHORIZATION, REFRESH_FAILING
 from oarlock.keys.alerts import Alerter, alert_of, apply_state_report
@@ -209,3 +211,47 @@ def test_reports_about_versions_the_store_never_held_count_for_the_stored_creden
     assert state.effective(200) == ACTIVE
     assert alerter.notify(apply_state_report(store, report("acct-w", version=250)))  # the new one dies: once more
     alerter.close()
+
+
+LIVE = {"access_token": "at-reauthorized", "refresh_token": "rt-reauthorized"}
+DEAD = {"access_token": "at-dead", "refresh_token": "rt-dead"}
+
+
+def test_a_report_about_a_credential_the_store_no_longer_holds_never_marks_the_re_authorized_one(
+    store: KeyStore,
+) -> None:
+    store.save("acct-r", dict(LIVE), 5)  # re-authorized by a human: version 5
+    alerter = Alerter(publish=lambda alert: None, pauses=NO_PAUSES)
+    # a worker that started from an old cfg stamped the dead credential with a version of its own, newer than 5
+    stale = report("acct-r", version=int(time.time() * 1000), fingerprint=fingerprint_of(DEAD))
+    assert apply_state_report(store, stale) is None
+    assert store.state("acct-r") is None, "the re-authorized credential stays active"
+    alerter.close()
+    assert alerter.alerts == 0
+
+
+def test_a_report_about_the_stored_credential_is_recorded_for_the_stored_version_whatever_version_it_gives(
+    store: KeyStore,
+) -> None:
+    store.save("acct-s", dict(DEAD), 5)
+    stamp = int(time.time() * 1000)
+    for version in (stamp, 3, 5):  # a worker's own stamp, an older copy's number, the stored one
+        change = apply_state_report(store, report("acct-s", version=version, fingerprint=fingerprint_of(DEAD)))
+        assert change is not None and change.current.version == 5
+        assert change.current.state == NEEDS_REAUTHORIZATION and change.entered == (version == stamp)
+
+
+@pytest.mark.parametrize("fingerprint", [7, ["ab"], "f" * 65])
+def test_a_report_whose_fingerprint_is_not_a_short_string_is_a_decode_error_naming_it(
+    store: KeyStore, fingerprint: Any
+) -> None:
+    with pytest.raises(DecodeError, match="'fingerprint' must be a string"):
+        apply_state_report(store, report(fingerprint=fingerprint))
+
+
+def test_a_fingerprint_is_sixteen_hex_digits_that_carry_no_token() -> None:
+    fingerprint = fingerprint_of(DEAD)
+    assert fingerprint is not None and len(fingerprint) == 16 and int(fingerprint, 16) >= 0
+    assert "rt-dead" not in fingerprint and fingerprint != fingerprint_of(LIVE)
+    assert fingerprint_of({"access_token": "at-only"}) == fingerprint_of({"access_token": "at-only", "x": 1})
+    assert fingerprint_of({}) is None

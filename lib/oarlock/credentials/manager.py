@@ -46,6 +46,7 @@ import requests.adapters
 from oarlock.awaitables import run_maybe_async
 from oarlock.credentials.endpoint import TokenClient
 from oarlock.credentials.presets import RefreshSettings
+from oarlock.credentials.reports import dead_credential_report
 from oarlock.credentials.storesync import (
     PENDING_RETRY_SECONDS,
     REASONS,
@@ -284,8 +285,7 @@ class CredentialManager:
                     state.dead_until = self.clock() + self.cooldown_seconds
                     state.dead_error = exc
                     log.error("%s", exc, extra={"account": account})
-                    report = {"type": "credentialInvalid", "account": account, "version": state.version}
-                    report.update(state="needs_reauthorization", reason=str(exc))
+                    report = dead_credential_report(account, state.version, state.token.data, str(exc))
                     bound.sink.emit(Event(EventName.CREDENTIAL_INVALID, report))  # once per cooldown
                     raise
                 # the provider answered: from here on the new credential is never lost, whatever the store says

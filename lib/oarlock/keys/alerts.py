@@ -5,9 +5,14 @@ cooldown, a message encrypted like an updateKeys on the routing key ``credential
 ``{"type": "credentialInvalid", "account": A, "version": V, "state": "needs_reauthorization" |
 "refresh_failing", "reason": R}``. The service records it with :meth:`KeyStore.record_state` (one
 atomic transition, so however many workers and replicas report the same dead credential, exactly
-one of them *enters* the state); a malformed report is a :class:`~oarlock.errors.DecodeError`. A
-report about a version newer than the stored credential's (a worker's own stamp of it, a refresh it
-could not store) is recorded for the stored version.
+one of them *enters* the state); a malformed report is a :class:`~oarlock.errors.DecodeError`.
+A report names the dead credential by ``fingerprint`` (:func:`~oarlock.credentials.reports.fingerprint_of`:
+16 hex digits of a SHA-256, never the token): when it is not the stored credential's, the report is
+about a credential the store no longer holds (one a re-authorization or a rotation replaced) and is
+ignored, so a dead credential never shadows a live one; when it is, the report is recorded for the
+stored version, whatever version the worker gave it (a worker's own stamp of a credential that came
+without one). A report without a fingerprint (an older worker) is recorded for its version, or for
+the stored version when it names a newer one the store never held.
 
 **Alerts** (:class:`Alerter`): :meth:`Alerter.notify` is given every :class:`StateChange` (from the
 reports, from the keep-alive) and alerts only when the change *entered* ``needs_reauthorization``:
@@ -35,6 +40,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from oarlock.credentials.reports import fingerprint_of
 from oarlock.errors import ConfigurationError, DecodeError
 from oarlock.keys.accounts import MAX_REASON, NEEDS_REAUTHORIZATION, REFRESH_FAILING, StateChange
 from oarlock.keys.base import KeyStore, valid_version
@@ -76,8 +82,15 @@ def apply_state_report(store: KeyStore, payload: dict[str, Any]) -> StateChange 
     reason = payload.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise DecodeError("credentialInvalid report's 'reason' must be a string")
+    fingerprint = payload.get("fingerprint")
+    if fingerprint is not None and (not isinstance(fingerprint, str) or len(fingerprint) > 64):
+        raise DecodeError("credentialInvalid report's 'fingerprint' must be a string (at most 64 characters)")
     stored = store.get(account)
-    if stored is not None and version > stored.version:
+    if stored is not None and fingerprint is not None:
+        if fingerprint != fingerprint_of(stored.oauth):
+            return None  # about a credential the store no longer holds: the stored one is not known to be dead
+        version = stored.version
+    elif stored is not None and version > stored.version:
         # a version the store never held: the worker's own stamp of the stored credential (or a refresh it could not
         # store): about the stored one, so that a dead credential enters its state once, not once per worker restart
         version = stored.version

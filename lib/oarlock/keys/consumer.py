@@ -356,7 +356,8 @@ class KeysService:
         account = payload["account"]
         if change is None:
             log.info(
-                "credentialInvalid report of account %s about an older version than its state's: ignored",
+                "credentialInvalid report of account %s about an older version or another credential than "
+                "the stored one: ignored",
                 account,
                 extra={"account": account, "version": payload.get("version")},
             )

@@ -22,7 +22,11 @@ and reported unless a ``default_oauth2`` (the legacy ``--token-uri``/``--client-
 one caller per ``min_interval``, 60 s, across processes), so several replicas refresh a due
 account once, and never more than once a minute. An account whose current version is in
 ``needs_reauthorization`` is not tried again (a dead credential is not hammered); a re-authorized
-one (a newer version) is.
+one (a newer version) is. An account whose refresh keeps failing (``refresh_failing``, a provider
+down, say) is tried again only after a backoff from its last attempt: 5 minutes after the first
+failure, doubling with every failure in a row, at most 6 hours (:func:`failing_backoff`), so an
+outage at one provider costs it one request per account per backoff, not one per cycle. A cycle
+given a ``stop`` event ends between two accounts once it is set.
 
 **Outcomes**: success records ``active`` (refreshed) and hands the engine's updateKeys payload to
 ``publish``; invalid_grant / invalid_client records ``needs_reauthorization`` with the provider's
@@ -45,7 +49,14 @@ from oarlock.credentials.manager import CredentialManager
 from oarlock.credentials.presets import PRESETS, Preset
 from oarlock.credentials.token import TokenSet
 from oarlock.errors import CredentialNeedsReauthorization, KeyStoreError, OarlockError
-from oarlock.keys.accounts import ACTIVE, NEEDS_REAUTHORIZATION, REFRESH_FAILING, StateChange, refresh_settings
+from oarlock.keys.accounts import (
+    ACTIVE,
+    NEEDS_REAUTHORIZATION,
+    REFRESH_FAILING,
+    AccountState,
+    StateChange,
+    refresh_settings,
+)
 from oarlock.keys.base import KeyStore, StoredCredential
 from oarlock.protocol.events import EventList, EventName
 from oarlock.redact import redact_text, register_secret
@@ -54,6 +65,9 @@ log = logging.getLogger("oarlock.keys.keepalive")
 
 #: a due account is claimed at most this often (seconds), whichever replica asks
 MIN_INTERVAL_SECONDS = 60.0
+#: a failing account's backoff from its last attempt (failing_backoff): the first, doubled per failure, at most
+FAILING_BACKOFF_FIRST_SECONDS = 300.0
+FAILING_BACKOFF_MAX_SECONDS = 6 * 3600.0
 NO_SETTINGS = "no refresh settings stored"
 
 
@@ -86,6 +100,9 @@ class KeepaliveSummary:
     failed: list[str] = field(default_factory=list)
     needs_reauthorization: list[str] = field(default_factory=list)
     skipped_needs_reauthorization: list[str] = field(default_factory=list)
+    skipped_backoff: list[str] = field(default_factory=list)
+    #: the cycle ended early: its stop event was set between two accounts
+    interrupted: bool = False
     reasons: dict[str, str] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
 
@@ -111,6 +128,7 @@ class KeepaliveSummary:
             "failed": list(self.failed),
             "needs_reauthorization": list(self.needs_reauthorization),
             "skipped_needs_reauthorization": list(self.skipped_needs_reauthorization),
+            "skipped_backoff": list(self.skipped_backoff),
         }
 
 
@@ -155,7 +173,7 @@ class Keepalive:
         """A cycle at once, then one every ``period_seconds`` until ``stop`` is set (a cycle's failure is logged)."""
         while not stop.is_set():
             try:
-                self.run_once()
+                self.run_once(stop)
             except OarlockError as exc:  # the store is unreachable, say: the next cycle tries again
                 log.error("keep-alive cycle failed: %s", redact_text(str(exc)))
             except Exception as exc:  # a bug must not end the keep-alive silently
@@ -167,17 +185,25 @@ class Keepalive:
         self.manager.close()
 
     # -- one cycle -------------------------------------------------------------------------------
-    def run_once(self) -> KeepaliveSummary:
-        """Refresh every due account once; KeyStoreError when the store cannot even be listed."""
+    def run_once(self, stop: threading.Event | None = None) -> KeepaliveSummary:
+        """Refresh every due account once (ending early once ``stop`` is set); KeyStoreError when the store
+        cannot even be listed."""
         summary = KeepaliveSummary()
         stored = self.store.list()
         states = {state.account: state for state in self.store.states()}
         summary.checked = len(stored)
         for credential in stored:
+            if stop is not None and stop.is_set():
+                summary.interrupted = True
+                log.info("keep-alive cycle %s stopped before account %s", self.cycles + 1, credential.account)
+                break
             state = states.get(credential.account)
-            if state is not None and state.effective(credential.version) == NEEDS_REAUTHORIZATION:
+            effective = state.effective(credential.version) if state is not None else ACTIVE
+            if state is not None and effective == NEEDS_REAUTHORIZATION:
                 summary.skipped_needs_reauthorization.append(credential.account)
                 summary.reasons[credential.account] = state.reason or NEEDS_REAUTHORIZATION
+                continue
+            if state is not None and effective == REFRESH_FAILING and self._backing_off(state, summary):
                 continue
             if self._idle(credential) < self._window(credential):
                 continue
@@ -187,6 +213,21 @@ class Keepalive:
         self.cycles += 1
         log.info("keep-alive cycle %s: %s", self.cycles, json.dumps(summary.counts()))
         return summary
+
+    def _backing_off(self, state: AccountState, summary: KeepaliveSummary) -> bool:
+        """True (and the account reported) while a failing account's backoff since its last attempt runs."""
+        if not state.failures or state.last_attempt is None:
+            return False
+        wait = failing_backoff(state.failures)
+        left = state.last_attempt + wait - self.clock()
+        if left <= 0:
+            return False
+        summary.skipped_backoff.append(state.account)
+        summary.reasons[state.account] = (
+            f"refresh failing ({state.failures} in a row, last: {state.reason or 'unknown'}): "
+            f"next attempt in {left:.0f} s"
+        )
+        return True
 
     def _idle(self, credential: StoredCredential) -> float:
         return self.clock() - credential.updated_at
@@ -334,10 +375,16 @@ class Keepalive:
                 log.warning("keep-alive: account %s: state not recorded: %s", account, redact_text(str(exc)))
 
 
+def failing_backoff(failures: int) -> float:
+    """Seconds a failing account waits from its last attempt: 5 min after one failure, doubling, at most 6 h."""
+    doublings = min(max(failures, 1) - 1, 16)
+    return min(FAILING_BACKOFF_MAX_SECONDS, FAILING_BACKOFF_FIRST_SECONDS * float(2**doublings))
+
+
 def preset_of(settings: Mapping[str, Any] | None) -> Preset:
     """The preset an account's stored settings name (generic when none or unknown)."""
     name = str((settings or {}).get("provider") or "generic")
     return PRESETS.get(name) or PRESETS["generic"]
 
 
-__all__ = ["Alerter", "Keepalive", "KeepaliveSummary", "Publish", "preset_of"]
+__all__ = ["Alerter", "Keepalive", "KeepaliveSummary", "Publish", "failing_backoff", "preset_of"]
