@@ -6,7 +6,11 @@ Merge rules (ARCHITECTURE.md behaviour 4):
 - a response without ``refresh_token`` keeps the old one (Google, Microsoft sometimes);
 - ``expires_at`` (absolute epoch seconds) is computed when the response arrives from
   ``expires_in`` (an int or a numeric string) and never recomputed later; a response with
-  no expiry information leaves the expiry unknown (Salesforce);
+  no expiry information leaves the expiry unknown (Salesforce), and so does one whose
+  ``expires_in`` is not a finite number > 0 (``0``, ``-5``, ``"abc"``, ``NaN``, ``null``: some
+  APIs say "no expiry" that way), so such a token is refreshed on a 401 and by the keep-alive,
+  never before every request; an ``expires_at`` equal to ``obtained_at`` next to such an
+  ``expires_in`` (what ``expires_in: 0`` gave before) counts as unknown too;
 - ``obtained_at`` records when the response arrived;
 - ``oarlock_lineage`` (oarlock's own field, kept inside ``oauth`` so it travels with the
   credential through every store and updateKeys without a schema change) lists the first 16
@@ -185,6 +189,15 @@ def parse_seconds(value: Any) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+def parse_lifetime(value: Any) -> float | None:
+    """``expires_in`` as a lifetime: a finite number of seconds > 0 (int, float or numeric string), else None.
+
+    None (expiry unknown) for ``0``, negative numbers, NaN, infinities, ``null`` and non-numeric text.
+    """
+    seconds = parse_seconds(value)
+    return seconds if seconds is not None and seconds > 0 else None
+
+
 @dataclass(frozen=True)
 class TokenSet:
     """The merged credential (``cfg["oauth"]``)."""
@@ -203,8 +216,20 @@ class TokenSet:
 
     @property
     def expires_at(self) -> float | None:
-        """Absolute expiry in epoch seconds; ``0`` or a past time means expired, None means unknown."""
-        return parse_seconds(self.data.get("expires_at"))
+        """Absolute expiry in epoch seconds; ``0`` or a past time means expired, None means unknown.
+
+        Unknown too: an ``expires_at`` derived from an unusable ``expires_in`` (equal to ``obtained_at``
+        next to an ``expires_in`` that is not a finite number > 0, as ``expires_in: 0`` was stored before).
+        """
+        expires_at = parse_seconds(self.data.get("expires_at"))
+        if (
+            expires_at is not None
+            and self.data.get("expires_in") is not None
+            and parse_lifetime(self.data.get("expires_in")) is None
+            and expires_at == self.obtained_at
+        ):
+            return None
+        return expires_at
 
     @property
     def obtained_at(self) -> float | None:
@@ -232,7 +257,7 @@ class TokenSet:
         """
         if self.expires_at is None:
             return None
-        expires_in = parse_seconds(self.data.get("expires_in"))
+        expires_in = parse_lifetime(self.data.get("expires_in"))
         if self.obtained_at is not None:
             span = max(0.0, self.expires_at - self.obtained_at)
             return max(span, expires_in) if expires_in is not None else span
@@ -256,7 +281,7 @@ class TokenSet:
         merged.update(fresh)
         if not fresh.get("refresh_token") and previous and previous.refresh_token:
             merged["refresh_token"] = previous.refresh_token
-        expires_in = parse_seconds(fresh.get("expires_in"))
+        expires_in = parse_lifetime(fresh.get("expires_in"))  # 0, negative or garbage: as if absent
         if expires_in is not None:
             merged["expires_at"] = now + expires_in
         elif parse_seconds(fresh.get("expires_at")) is not None:

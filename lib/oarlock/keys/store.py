@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from oarlock.keys.base import KeyStore, StoredCredential, apply_update_keys, safe_url
+from oarlock.keys.base import KeyStore, StoredCredential, apply_update_keys, register_url_secrets, safe_url
 from oarlock.keys.sealing import key_from_environment
 
 __all__ = ["KeyStore", "StoredCredential", "apply_update_keys", "open_store", "safe_url"]
@@ -23,8 +23,10 @@ def open_store(url: str, *, environ: Mapping[str, str] | None = None) -> KeyStor
     A PostgreSQL URL may name the table with ``?table=NAME`` (default ``oarlock_credentials``).
     The sealing key is read from ``OARLOCK_KEYS_KEY`` in ``environ`` (default: the process's
     environment); unset or empty stores tokens in clear, a malformed one is a ConfigurationError
-    (see :mod:`oarlock.keys.sealing`).
+    (see :mod:`oarlock.keys.sealing`). The URL's passwords are made known to the redactor first, so a
+    driver's message or a traceback that prints one is masked too.
     """
+    register_url_secrets(url)
     key = key_from_environment(environ)
     if url.startswith(("postgresql://", "postgres://")):
         from oarlock.keys.postgres import DEFAULT_TABLE, PostgresKeyStore
