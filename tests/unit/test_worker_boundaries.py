@@ -153,3 +153,22 @@ def test_oarlock_call_reports_a_line_nested_too_deep_and_goes_on_with_the_next(t
     assert events[0]["event"] == "error" and events[0]["input"] == 0
     assert "input line 1 is nested deeper than" in events[0]["data"]["message"]
     assert [e["event"] for e in events[1:]] == ["data"] and events[1]["input"] == 1
+
+
+def test_an_update_emitted_after_the_time_limit_settled_its_input_is_published_on_its_own_never_dropped() -> None:
+    rig = Rig("late", ELASTICIO_MESSAGE_TIME_LIMIT="0.05", ELASTICIO_UPDATE_KEYS_ROUTING_KEY="rk.updateKeys")
+    module: Any = rig.worker.runner.module  # type: ignore[union-attr]
+    module.RELEASE.clear()
+    module.DONE.clear()
+    with started(rig):
+        rig.send({"update": True}, message_id="slow-1")
+        rig.settled()
+        (error,) = rig.errors()
+        assert error["name"] == "TimeLimitExceeded"
+        module.RELEASE.set()  # the refresh answers now: its updateKeys comes after the input was rejected
+        assert module.DONE.wait(10)
+        rig.transport.wait_for(lambda: rig.transport.published_to("rk.updateKeys"))
+    (update,) = rig.bodies("rk.updateKeys")
+    assert update["oauth"]["refresh_token"] == "rt-late"
+    assert rig.transport.published_to(KEYS["data"]) == [], "the late data is still dropped"
+    assert len(rig.transport.rejected) == 1 and rig.transport.acked == [] and len(rig.errors()) == 1

@@ -154,8 +154,9 @@ def _shutdown(sock: socket.socket | None) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-class _Deadline:
-    """One token request's wall-clock deadline: when it passes, the request's socket is shut down."""
+class Deadline:
+    """One request's wall-clock deadline: when it passes, the request's socket is shut down (token requests, the
+    platform's account PUT)."""
 
     def __init__(self, seconds: float, what: str) -> None:
         self.seconds = seconds
@@ -168,7 +169,7 @@ class _Deadline:
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
-    def __enter__(self) -> _Deadline:
+    def __enter__(self) -> Deadline:
         _active.deadline = self
         self._timer.start()
         return self
@@ -229,7 +230,7 @@ class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
 _WATCHED_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
-class _WatchedAdapter(requests.adapters.HTTPAdapter):
+class WatchedAdapter(requests.adapters.HTTPAdapter):
     """An adapter whose connections let the current request's deadline shut them down."""
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
@@ -246,7 +247,7 @@ class _WatchedAdapter(requests.adapters.HTTPAdapter):
 def token_session() -> requests.Session:
     """A session for token requests whose deadlines also cover the status line and the headers."""
     session = requests.Session()
-    adapter = _WatchedAdapter()
+    adapter = WatchedAdapter()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -349,7 +350,7 @@ class TokenClient:
                 form["client_secret"] = settings.client_secret
         return form
 
-    def _deadline(self, budget: _Budget, endpoint: str, account: str) -> _Deadline:
+    def _deadline(self, budget: _Budget, endpoint: str, account: str) -> Deadline:
         left = budget.left()
         if left <= 0:
             raise TokenEndpointError(
@@ -359,8 +360,8 @@ class TokenClient:
                 retryable=True,
             )
         if left < self.request_deadline_seconds:
-            return _Deadline(left, f"the refresh deadline of {budget.seconds:g} s")
-        return _Deadline(
+            return Deadline(left, f"the refresh deadline of {budget.seconds:g} s")
+        return Deadline(
             self.request_deadline_seconds, f"the per-request deadline of {self.request_deadline_seconds:g} s"
         )
 
@@ -430,7 +431,7 @@ class TokenClient:
 
 
 def _read_capped(
-    response: requests.Response, deadline: _Deadline, late: TokenEndpointError, endpoint: str, account: str
+    response: requests.Response, deadline: Deadline, late: TokenEndpointError, endpoint: str, account: str
 ) -> bytes:
     """The body, up to MAX_RESPONSE_BYTES and within the request's deadline."""
     too_large = TokenEndpointError(

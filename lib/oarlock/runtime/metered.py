@@ -22,7 +22,8 @@ from oarlock.metrics.server import MetricsServer, start_metrics_server
 from oarlock.metrics.store import MeteredStore
 from oarlock.protocol.events import Event, EventName
 from oarlock.runtime.executor import FunctionRunner
-from oarlock.runtime.worker import Worker, _Job
+from oarlock.runtime.jobs import Job
+from oarlock.runtime.worker import Worker
 
 Store = TypeVar("Store")
 
@@ -38,12 +39,12 @@ class MeteredWorker(Worker):
         metrics.bind(self.settings.function if isinstance(self.runner, FunctionRunner) else "unloadable")
         metrics.watch(in_flight=lambda: self._inflight)
 
-    def _publish_event(self, job: _Job, event: Event) -> None:
+    def _publish_event(self, job: Job, event: Event) -> None:
         if event.name is EventName.REBOUND:
             self._rebounds.add(id(job))
         super()._publish_event(job, event)
 
-    def _complete(self, job: _Job, started: float, settle: str | None) -> None:
+    def _complete(self, job: Job, started: float, settle: str | None) -> None:
         super()._complete(job, started, settle)
         rebounded = id(job) in self._rebounds
         self._rebounds.discard(id(job))

@@ -3,14 +3,17 @@
 Nothing is lost: an input is acked only after every message it produced (data, error,
 snapshot, updateKeys, rebound, httpReply) was confirmed by the broker. Events are published
 the moment the function emits them, so confirms are pipelined while the function still
-runs. A publish that comes back unroutable or nacked turns into an error event and a reject;
-a lost connection leaves the input unsettled so the broker redelivers it; a redelivered
-messageId that this process already finished is acked without running again.
+runs. What a function emits after its input was settled (past the time limit, from a thread it
+left behind) is dropped, except an updateKeys or a dead-credential report: those carry a provider's
+answer and are published on their own, outside any input's settlement. A publish that comes
+back unroutable or nacked turns into an error event and a reject; a lost connection leaves the
+input unsettled so the broker redelivers it; a redelivered messageId that this process already
+finished is acked without running again.
 
 This module is the settlement loop only. What an event becomes on the wire is
 :mod:`oarlock.protocol.outgoing`; the broker is a :class:`~oarlock.amqp.types.Transport`
 given to the worker (``AmqpTransport`` in ``oarlock run``, ``MemoryTransport`` in the unit
-tests); each input's events arrive through one sink object (``_JobSink``) handed to the executor.
+tests); each input's events arrive through one sink object (``JobSink``, :mod:`oarlock.runtime.jobs`) handed to the executor.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from oarlock.amqp.types import Confirm, Incoming, Outgoing, Transport, now_ms
+from oarlock.amqp.types import Incoming, Outgoing, Transport, now_ms
 from oarlock.errors import (
     ConfigurationError,
     DecodeError,
@@ -44,6 +47,7 @@ from oarlock.protocol.outgoing import InputView, OutgoingEncoder, protocol_versi
 from oarlock.protocol.settings import Settings
 from oarlock.protocol.stepconfig import StepConfig
 from oarlock.runtime.executor import FunctionRunner, UnloadableFunction
+from oarlock.runtime.jobs import Job, JobSink, first_failure
 from oarlock.runtime.workpool import WorkPool
 
 log = logging.getLogger("oarlock.worker")
@@ -51,53 +55,6 @@ CONFIRM_TIMEOUT = 120.0
 DEDUP_CAPACITY = 100_000
 RETRY_LATER_FIRST_SECONDS = 1.0
 RETRY_LATER_MAX_SECONDS = 30.0
-
-
-class _Job:
-    """One input being processed (one per message: a plain slotted class, cheap to build)."""
-
-    __slots__ = ("confirms", "delivery", "errored", "lock", "message_id", "retry_later", "state", "view")
-
-    def __init__(self, delivery: Incoming, view: InputView) -> None:
-        self.delivery, self.view = delivery, view
-        self.confirms: list[Confirm] = []
-        self.errored = False
-        self.retry_later: OarlockError | None = None
-        value = view.incoming.get("messageId")
-        self.message_id: str | None = str(value) if value else None
-        #: running -> finished (the function returned) or timed_out (the time limit settled the input first)
-        self.state = "running"
-        self.lock = threading.Lock()
-
-    def finish(self) -> bool:
-        """Mark the function as returned; False when the time limit already settled the input."""
-        with self.lock:
-            if self.state == "timed_out":
-                return False
-            self.state = "finished"
-            return True
-
-
-class _JobSink:
-    """The sink of one input: every event the call emits is published at once for this input."""
-
-    __slots__ = ("_job", "_worker")
-
-    def __init__(self, worker: Worker, job: _Job) -> None:
-        self._worker, self._job = worker, job
-
-    def emit(self, event: Event) -> None:
-        job = self._job
-        with job.lock:
-            if job.state != "running":
-                # after the time limit, or from a thread the function left behind after it returned
-                log.warning(
-                    "event %s emitted after its input was %s: dropped",
-                    event.name.value,
-                    "timed out" if job.state == "timed_out" else "finished",
-                )
-                return
-            self._worker._publish_event(job, event)
 
 
 class Worker:
@@ -230,7 +187,7 @@ class Worker:
 
     def _handle(self, delivery: Incoming) -> None:
         started = time.monotonic()
-        job: _Job | None = None
+        job: Job | None = None
         try:
             job = self._prepare(delivery)
             if job is None:
@@ -241,7 +198,7 @@ class Worker:
                 limit = self.settings.message_time_limit
                 if limit is not None:
                     self.transport.call_later(limit, lambda: self._on_time_limit(job, started, limit))
-                sink = _JobSink(self, job)
+                sink = JobSink(self, job)
                 job.retry_later = self.runner.call(message, self.cfg, self._snapshot_copy(), sink=sink).retry_later
         except Exception as exc:
             if job is not None and not job.finish():
@@ -262,7 +219,7 @@ class Worker:
         self._when_confirmed(job, lambda: self._on_confirmed(job, started, retried=False))
 
     # -- one input -----------------------------------------------------------------------------------
-    def _prepare(self, delivery: Incoming) -> _Job | None:
+    def _prepare(self, delivery: Incoming) -> Job | None:
         """Register and decode the input (a decode error is published at once); None when already done."""
         incoming = delivery.headers  # the transport's own dict for this delivery: read, never changed
         head, tail = self._outgoing_headers.parts(incoming, start_ms=now_ms())
@@ -275,7 +232,7 @@ class Worker:
             content_encoding=delivery.content_encoding,
             delivery_mode=delivery.delivery_mode,
         )
-        job = _Job(delivery, view)
+        job = Job(delivery, view)
         # only a broker redelivery can be a duplicate: distinct messages may share an id an upstream step chose
         if job.message_id and self._already_done(job.message_id, redelivered=delivery.redelivered):
             log.info(
@@ -297,7 +254,7 @@ class Worker:
             self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
         return job
 
-    def _on_time_limit(self, job: _Job, started: float, limit: float) -> None:
+    def _on_time_limit(self, job: Job, started: float, limit: float) -> None:
         """I/O thread: the function still runs after ``limit`` seconds: an error event, then a reject.
 
         Never blocks the I/O thread: while the function's thread holds the job (publishing an event,
@@ -325,7 +282,7 @@ class Worker:
             job.lock.release()
         self._when_confirmed(job, lambda: self._on_confirmed(job, started, retried=False))
 
-    def _leave_for_redelivery(self, job: _Job, started: float) -> None:
+    def _leave_for_redelivery(self, job: Job, started: float) -> None:
         """An infrastructure failure (the keys store): requeue the input after a bounded, growing backoff."""
         with self._lock:
             self._infrastructure_failures += 1
@@ -339,12 +296,12 @@ class Worker:
         )
         self.transport.call_later(delay, lambda: self._complete(job, started, "requeue"))
 
-    def _when_confirmed(self, job: _Job, then: Callable[[], None]) -> None:
+    def _when_confirmed(self, job: Job, then: Callable[[], None]) -> None:
         """Call ``then`` (on the I/O thread) once every publish of the job is confirmed or failed."""
         self.transport.when_all(list(job.confirms), then)
 
-    def _on_confirmed(self, job: _Job, started: float, *, retried: bool) -> None:
-        failure = _first_failure(job.confirms)
+    def _on_confirmed(self, job: Job, started: float, *, retried: bool) -> None:
+        failure = first_failure(job.confirms)
         if failure is None:
             self._complete(job, started, "reject" if job.errored else "ack")
         elif not isinstance(failure, PublishError):
@@ -368,7 +325,7 @@ class Worker:
             )
             self._complete(job, started, "reject")
 
-    def _complete(self, job: _Job, started: float, settle: str | None) -> None:
+    def _complete(self, job: Job, started: float, settle: str | None) -> None:
         if settle == "ack":
             self.transport.ack(job.delivery)
         elif settle == "requeue":
@@ -425,7 +382,7 @@ class Worker:
             return dict(self.snapshot)
 
     # -- events -> the transport --------------------------------------------------------------------
-    def _publish_event(self, job: _Job, event: Event) -> None:
+    def _publish_event(self, job: Job, event: Event) -> None:
         """Publish what one event becomes (protocol.outgoing); a message that cannot be encoded is an error."""
         if event.name in (EventName.SNAPSHOT, EventName.UPDATE_SNAPSHOT):
             with self._lock:
@@ -444,6 +401,9 @@ class Worker:
             if event.name is EventName.DATA:  # nearly every event: straight to its encoding
                 self._send(job, self.encoder.data(job.view, event.payload))
                 return
+            if job.state == "detached":  # the error of an update published on its own: the input is settled
+                log.error("%s", event.payload.get("message"), extra={"messageId": job.message_id})
+                return
             encoded = self.encoder.encode(job.view, event)
         except EncodeError as exc:
             encoded = self.encoder.encode(job.view, Event(EventName.ERROR, error_payload(exc)))
@@ -452,7 +412,7 @@ class Worker:
         for message in encoded.messages:
             self._send(job, message)
 
-    def _update_keys(self, job: _Job, event: Event) -> None:
+    def _update_keys(self, job: Job, event: Event) -> None:
         """Every route the deployment has must take the update before the input is acked.
 
         AMQP: published and confirmed like any output (unroutable -> error and reject). The platform
@@ -481,12 +441,27 @@ class Worker:
                 log.error("%s", exc, extra={"messageId": job.message_id, "account": account})
                 self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
 
-    def _send(self, job: _Job, message: Outgoing) -> None:
+    def _publish_detached(self, job: Job, event: Event) -> None:
+        """An updateKeys (or a dead-credential report) emitted after its input was settled: on every route on its
+        own, tied to no input; what fails is logged (the input's settlement is over)."""
+        detached = Job(job.delivery, job.view)
+        detached.state = "detached"
+        self._publish_event(detached, event)
+        account = event.payload.get("account") if isinstance(event.payload, dict) else None
+
+        def confirmed() -> None:
+            failure = first_failure(detached.confirms)
+            if failure is not None:
+                log.error(
+                    "%s of account %s, published after its input was settled, was not confirmed (%s): the refreshed "
+                    "credential is in this process's memory until its next update",
+                    event.name.value,
+                    account,
+                    failure,
+                    extra={"account": account, "messageId": job.message_id},
+                )
+
+        self.transport.when_all(list(detached.confirms), confirmed)
+
+    def _send(self, job: Job, message: Outgoing) -> None:
         job.confirms.append(self.transport.publish(message))
-
-
-def _first_failure(confirms: list[Confirm]) -> BaseException | None:
-    for confirm in confirms:
-        if confirm.error is not None:
-            return confirm.error
-    return None
