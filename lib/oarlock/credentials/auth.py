@@ -57,7 +57,8 @@ import requests.adapters
 from requests.auth import AuthBase
 from requests.cookies import extract_cookies_to_jar
 
-from oarlock.credentials.manager import BoundCredential, CredentialManager, RefreshHook
+from oarlock.credentials.hook import RefreshHook
+from oarlock.credentials.manager import BoundCredential, CredentialManager
 from oarlock.errors import ConfigurationError, TokenRejected
 from oarlock.protocol.events import EventSink
 

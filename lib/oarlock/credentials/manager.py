@@ -43,13 +43,14 @@ from typing import Any
 import requests
 import requests.adapters
 
-from oarlock.awaitables import run_maybe_async
 from oarlock.credentials.endpoint import TokenClient
+from oarlock.credentials.hook import RefreshHook, call_refresh_hook
 from oarlock.credentials.presets import RefreshSettings
 from oarlock.credentials.reports import dead_credential_report
 from oarlock.credentials.storesync import (
     PENDING_RETRY_SECONDS,
     REASONS,
+    STALE_OFFERS_MAX,
     STORE_RETRY_DELAYS,
     AccountState,
     RefreshCoordinator,
@@ -59,7 +60,7 @@ from oarlock.credentials.storesync import (
     start_from_stored,
 )
 from oarlock.credentials.token import Relation, TokenSet, identity_of, stored_wins, take_offered, version_of
-from oarlock.errors import CredentialError, CredentialNeedsReauthorization, TokenEndpointError, TokenRejected
+from oarlock.errors import CredentialNeedsReauthorization, TokenRejected
 from oarlock.jsoncopy import copy_json
 from oarlock.metrics import hooks as metrics
 from oarlock.protocol.events import Event, EventName, EventSink
@@ -76,10 +77,10 @@ __all__ = [
 ]
 log = logging.getLogger("oarlock.credentials")
 
-RefreshHook = Callable[[dict[str, Any], dict[str, Any]], Any]
 #: added to the token client's refresh deadline to give the cross-process lock wait
 LOCK_MARGIN_SECONDS = 15.0
-_STALE_OFFERS_MAX = 64
+#: during a dead credential's cooldown, the keys store is asked for a re-authorization at most this often
+DEAD_STORE_CHECK_SECONDS = 1.0
 
 
 def account_of(cfg: Mapping[str, Any]) -> str:
@@ -179,7 +180,7 @@ class CredentialManager:
             taken = take_offered(oauth, state.token.data, state.version, now=self.clock())
             if taken is None:
                 if key is not None and key != state.token.identity:
-                    if len(state.stale_offers) >= _STALE_OFFERS_MAX:
+                    if len(state.stale_offers) >= STALE_OFFERS_MAX:
                         state.stale_offers.clear()
                     state.stale_offers.add(key)
                 return state
@@ -263,8 +264,9 @@ class CredentialManager:
         with state.lock:
             if not self._still_needed(state, settings, reason, used_token, started_at):
                 return state.token
-            self._fail_fast_if_dead(state)
             store = self.store if settings.persist else None
+            if self._reauthorized_during_cooldown(state, account, store):
+                return state.token
             cross_process = (
                 store.coordinator.lock(account, timeout=self.lock_timeout_seconds)
                 if store is not None
@@ -282,6 +284,8 @@ class CredentialManager:
                 except CredentialNeedsReauthorization as exc:
                     if store is not None and store.sync(state, account):
                         return state.token  # another process rotated the refresh token meanwhile
+                    if store is not None:
+                        store.remember_dead(state, account)
                     state.dead_until = self.clock() + self.cooldown_seconds
                     state.dead_error = exc
                     log.error("%s", exc, extra={"account": account})
@@ -320,10 +324,18 @@ class CredentialManager:
             return True
         return self.needs_refresh(state, settings, self.clock())
 
-    def _fail_fast_if_dead(self, state: AccountState) -> None:
-        if state.dead_error is not None and self.clock() < state.dead_until:
-            error = state.dead_error
-            raise type(error)(str(error), account=error.account)
+    def _reauthorized_during_cooldown(self, state: AccountState, account: str, store: StoreSync | None) -> bool:
+        """False outside a dead credential's cooldown; in it, True once the store holds a newer credential (asked
+        at most once a second: a re-authorization ends the cooldown at once), else the dead error again."""
+        now = self.clock()
+        if state.dead_error is None or now >= state.dead_until:
+            return False
+        if store is not None and now - state.dead_checked_at >= DEAD_STORE_CHECK_SECONDS:
+            state.dead_checked_at = now
+            if store.sync(state, account):
+                return True
+        error = state.dead_error
+        raise type(error)(str(error), account=error.account)
 
     def _refuse_if_rejected(self, state: AccountState, account: str, used_token: str | None) -> None:
         """TokenRejected instead of a refresh for a 401 to a token the API rejects (see the module docstring)."""
@@ -355,23 +367,7 @@ class CredentialManager:
     def _request(self, bound: BoundCredential, state: AccountState) -> dict[str, Any]:
         state.last_attempt = self.clock()
         if bound.refresh_hook is not None:
-            try:
-                returned = bound.refresh_hook(copy.deepcopy(state.token.data), copy.deepcopy(bound.cfg))
-            except CredentialError:
-                raise
-            except Exception as exc:
-                raise TokenEndpointError(
-                    f"refresh_credentials() of the component failed for account {bound.account}: "
-                    f"{type(exc).__name__}: {exc}",
-                    account=bound.account,
-                ) from None
-            returned = run_maybe_async(returned)
-            if not isinstance(returned, Mapping):
-                raise TokenEndpointError(
-                    f"refresh_credentials() must return a mapping of credential fields, got {type(returned).__name__}",
-                    account=bound.account,
-                )
-            return dict(returned)
+            return call_refresh_hook(bound.refresh_hook, state.token.data, bound.cfg, bound.account)
         return self.client.refresh(bound.settings, state.token.data, account=bound.account)
 
     def _update_payload(

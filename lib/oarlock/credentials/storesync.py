@@ -84,6 +84,9 @@ class PendingWrite:
     next_try: float = 0.0
 
 
+STALE_OFFERS_MAX = 64
+
+
 @dataclass
 class AccountState:
     token: TokenSet
@@ -100,7 +103,9 @@ class AccountState:
     stamped: bool = False  # its obtained_at is oarlock's first sight of it, not when it was obtained
     unreconciled: bool = True  # the offered credential was not compared with the keys store yet
     reconcile_after: float = 0.0
-    stale_offers: set[str] = field(default_factory=set)  # tokens of offered credentials found rotated away
+    #: identities of credentials found rotated away or replaced: this process never takes one of them back
+    stale_offers: set[str] = field(default_factory=set)
+    dead_checked_at: float = 0.0  # when the store was last asked for a re-authorization during the cooldown
     refreshed_token: str | None = None  # what the last refresh of this process obtained, and when
     refreshed_at: float = 0.0
     rejected_token: str | None = None  # a token the API rejects right after its refresh: no refresh on its 401s
@@ -109,7 +114,16 @@ class AccountState:
     pending: PendingWrite | None = None  # a refreshed credential the keys store could not take yet
 
     def replace(self, token: TokenSet, version: int, *, offered_version: int = 0, unreconciled: bool = False) -> None:
-        """Another credential becomes the account's: every state of the one it replaces ends (lock held)."""
+        """Another credential becomes the account's: every state of the one it replaces ends (lock held).
+
+        The replaced credential is remembered as stale: a worker's static cfg offers it again with every
+        message, and it must not come back as a "re-authorization" over the one that replaced it.
+        """
+        replaced = self.token.identity
+        if replaced is not None and replaced != token.identity:
+            if len(self.stale_offers) >= STALE_OFFERS_MAX:
+                self.stale_offers.clear()
+            self.stale_offers.add(replaced)
         self.token, self.version, self.offered_version = token, version, offered_version
         self.unreconciled, self.reconcile_after = unreconciled, 0.0
         self.dead_until, self.dead_error = 0.0, None
@@ -212,6 +226,18 @@ class StoreSync:
             note(logging.INFO, account, "the cfg's credential %s the stored one: stored as version %s", why, version)
             self.save(state, account, copy.deepcopy(data), state.version, None)
         return False
+
+    def remember_dead(self, state: AccountState, account: str) -> None:
+        """A credential found dead that the store never held is written to it, so that the re-authorization an
+        operator stores next supersedes it (it is then in the new one's lineage) and a worker restarted from a
+        cfg that still holds it starts from the re-authorization, never the reverse. A store that holds
+        anything is left as it is."""
+        try:
+            if self.coordinator.get(account) is not None:
+                return
+        except KeyStoreError:
+            return  # the report and the error go on; the store is asked again at the next failure
+        self.save(state, account, copy.deepcopy(state.token.data), state.version, None)
 
     def adopt(self, state: AccountState, account: str, stored: StoredCredentialLike, why: str) -> None:
         state.replace(TokenSet(dict(stored.oauth)), stored.version)

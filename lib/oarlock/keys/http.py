@@ -47,7 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from oarlock.credentials.token import LINEAGE_FIELD, offered_wins, version_of
+from oarlock.credentials.token import LINEAGE_FIELD
 from oarlock.errors import ConfigurationError, DecodeError, KeyStoreError
 from oarlock.jsonlimits import loads
 from oarlock.keys.accounts import ACTIVE, refresh_settings
@@ -174,11 +174,9 @@ class AccountsServer:
     def _store_put(
         self, account: str, oauth: dict[str, Any], settings: dict[str, Any] | None, fresh: bool
     ) -> dict[str, Any]:
-        if not fresh:
-            stored = self.store.get(account)
-            if stored is not None and not offered_wins(oauth, version_of(oauth), stored.oauth, stored.version):
-                return {"id": account, "version": stored.version, "stored": False}
-        done = store_authorization(self.store, account, oauth, settings=settings, fresh=fresh)
+        # the lineage check and the write under the account's lock: an oarlock worker's PUT of a refresh only
+        # when it wins; a re-authorization after any refresh in flight, over it
+        done = store_authorization(self.store, account, oauth, settings=settings, fresh=fresh, only_if_newer=not fresh)
         if done.written:
             self.puts += 1
         return {"id": account, "version": done.version, "stored": done.written}
