@@ -18,6 +18,16 @@ reported, never refreshed with another client's. An account without stored setti
 and reported unless a ``default_oauth2`` (the legacy ``--token-uri``/``--client-id`` options of
 ``refresh-dormant``) is given.
 
+**Where a secret may go**: the stored settings are whatever the account's last updateKeys or PUT
+named, so a secret is not simply sent to the stored token_uri. A client whose entry in the
+client-secrets file is bound (``{"secret": …, "token_uri": …}``, a :class:`~oarlock.keys.secrets.ClientSecrets`
+as :func:`~oarlock.keys.secrets.load_client_secrets` returns it) is refreshed only when the stored
+token_uri's origin is one of its own; any other account of that client is skipped and reported
+(``skipped_no_secret``, the reason naming the client_id and the origin), its secret sent nowhere. The
+``default_oauth2`` secret is bound to the origin of its own token_uri. An unbound secret (the plain
+``{"client_id": "secret"}`` form, or a plain mapping given to :class:`Keepalive`) still goes to the
+stored token_uri, with one warning per client_id per Keepalive that says how to bind it.
+
 **Replicas**: before refreshing, an account is claimed in the store (:meth:`KeyStore.claim`:
 one caller per ``min_interval``, 60 s, across processes), so several replicas refresh a due
 account once, and never more than once a minute. An account whose current version is in
@@ -47,7 +57,7 @@ from typing import Any, Protocol
 
 from oarlock.credentials.manager import CredentialManager
 from oarlock.credentials.presets import PRESETS, Preset
-from oarlock.credentials.token import TokenSet
+from oarlock.credentials.token import TokenSet, parse_lifetime
 from oarlock.errors import CredentialNeedsReauthorization, KeyStoreError, OarlockError
 from oarlock.keys.accounts import (
     ACTIVE,
@@ -58,10 +68,13 @@ from oarlock.keys.accounts import (
     refresh_settings,
 )
 from oarlock.keys.base import KeyStore, StoredCredential
+from oarlock.keys.secrets import BOUND_FORMAT, ClientSecrets, token_origin
 from oarlock.protocol.events import EventList, EventName
 from oarlock.redact import redact_text, register_secret
 
 log = logging.getLogger("oarlock.keys.keepalive")
+#: warnings about the client-secrets configuration (the logger of :mod:`oarlock.keys.secrets`), not per account
+config_log = logging.getLogger("oarlock.keys")
 
 #: a due account is claimed at most this often (seconds), whichever replica asks
 MIN_INTERVAL_SECONDS = 60.0
@@ -152,6 +165,11 @@ class Keepalive:
             raise ValueError(f"idle_override must be a number of seconds >= 0, not {idle_override!r}")
         self.store = store
         self.secrets = dict(secrets)
+        #: client_id -> the token-endpoint origins its secret may go to (bound clients only)
+        self.token_origins: dict[str, frozenset[str]] = (
+            dict(secrets.bindings) if isinstance(secrets, ClientSecrets) else {}
+        )
+        self._unbound_warned: set[str] = set()
         self.idle_override = idle_override
         self.min_interval = min_interval
         self.publish = publish
@@ -163,6 +181,9 @@ class Keepalive:
             secret = default_oauth2.get("client_secret")
             self.default_secret = secret if isinstance(secret, str) and secret else None
             register_secret(self.default_secret)
+        default_origin = token_origin(self.default_settings.get("token_uri")) if self.default_settings else None
+        #: the default secret goes only to its own token_uri's origin
+        self.default_origins = frozenset({default_origin} if default_origin else ())
         for secret in self.secrets.values():
             register_secret(secret)
         self.manager = manager or CredentialManager(coordinator=store, clock=clock)
@@ -237,7 +258,7 @@ class Keepalive:
             return self.idle_override
         preset = preset_of(credential.settings or self.default_settings)
         oauth = credential.oauth
-        expires = TokenSet(oauth).expires_at is not None or oauth.get("expires_in") not in (None, "")
+        expires = TokenSet(oauth).expires_at is not None or parse_lifetime(oauth.get("expires_in")) is not None
         return preset.idle_window(expires=expires)
 
     def _oauth2(self, credential: StoredCredential) -> tuple[dict[str, Any] | None, str | None, str]:
@@ -252,13 +273,35 @@ class Keepalive:
         client_id = settings.get("client_id")
         if not client_id:
             return None, "skipped_no_secret", "its refresh settings name no client_id"
+        allowed: frozenset[str] | None
         if client_id in self.secrets:
             secret: str | None = self.secrets[client_id]
+            allowed = self.token_origins.get(client_id)
         elif self.default_settings is not None and client_id == self.default_settings.get("client_id"):
             secret = self.default_secret
+            allowed = self.default_origins if secret else None
         else:
             return None, "skipped_no_secret", f"no client secret for client_id {client_id!r} in the client secrets"
+        if allowed is not None:
+            origin = token_origin(settings.get("token_uri"))
+            if origin is None or origin not in allowed:
+                return None, "skipped_no_secret", foreign_endpoint(client_id, origin, allowed)
+        elif secret:
+            self._warn_unbound(client_id)
         return {**settings, "client_secret": secret}, None, ""
+
+    def _warn_unbound(self, client_id: str) -> None:
+        """Once per client_id: its secret goes to whatever token_uri an account's settings name."""
+        if client_id in self._unbound_warned:
+            return
+        self._unbound_warned.add(client_id)
+        config_log.warning(
+            "keep-alive: the client secret of client_id %r is not bound to a token endpoint: it is sent to whatever "
+            "token_uri an account's stored settings name (they come from updateKeys); bind it in the client secrets "
+            "file: %s",
+            client_id,
+            BOUND_FORMAT.replace("<client_id>", client_id),
+        )
 
     def _handle(self, credential: StoredCredential, summary: KeepaliveSummary) -> None:
         account = credential.account
@@ -381,10 +424,22 @@ def failing_backoff(failures: int) -> float:
     return min(FAILING_BACKOFF_MAX_SECONDS, FAILING_BACKOFF_FIRST_SECONDS * float(2**doublings))
 
 
+def foreign_endpoint(client_id: str, origin: str | None, allowed: frozenset[str]) -> str:
+    """Why an account is not refreshed with its client's bound secret (names the origins, never the secret)."""
+    where = (
+        f"the stored token_uri's origin {origin}" if origin else "the stored token_uri (not an absolute http(s) URL)"
+    )
+    bound = ", ".join(sorted(allowed)) or "no token endpoint"
+    return (
+        f"the client secret of client_id {client_id!r} is bound to {bound}, not to {where}: "
+        "not sent there (add that token endpoint to the client's entry if it is the client's own)"
+    )
+
+
 def preset_of(settings: Mapping[str, Any] | None) -> Preset:
     """The preset an account's stored settings name (generic when none or unknown)."""
     name = str((settings or {}).get("provider") or "generic")
     return PRESETS.get(name) or PRESETS["generic"]
 
 
-__all__ = ["Alerter", "Keepalive", "KeepaliveSummary", "Publish", "failing_backoff", "preset_of"]
+__all__ = ["Alerter", "Keepalive", "KeepaliveSummary", "Publish", "failing_backoff", "foreign_endpoint", "preset_of"]
