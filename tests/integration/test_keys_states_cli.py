@@ -92,3 +92,20 @@ def test_show_reads_states_from_postgresql_too() -> None:
     finally:
         store.drop()
         store.close()
+
+
+def test_a_secret_bound_to_another_token_endpoint_is_listed_as_not_known_for_the_account(tmp_path: Path) -> None:
+    keys = seeded(tmp_path)
+    secrets = tmp_path / "secrets.json"
+    bound = {
+        "client-a": {"secret": "secret-a-never-shown", "token_uri": "https://login.example.com/token"},
+        "client-b": {"secret": "secret-b-never-shown", "token_uri": "http://127.0.0.1:9/other/path"},
+    }
+    secrets.write_text(json.dumps(bound))
+    os.chmod(secrets, 0o600)
+    listed = run_cli(["keys", "list", "--keys", keys, "--client-secrets", str(secrets)])
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["account"]: row for row in map(json.loads, listed.stdout.splitlines())}
+    assert rows["acct-ok"]["client_secret_known"] is False, "client-a's secret may not go to 127.0.0.1:9"
+    assert rows["acct-dead"]["client_secret_known"] is True, "the same origin, another path: usable"
+    assert "never-shown" not in listed.stdout + listed.stderr

@@ -82,10 +82,20 @@ def describe(
         "provider": settings.get("provider"),
         "token_uri": settings.get("token_uri"),
         "client_id": client_id,
-        # null: no --client-secrets given; false: the service could not refresh this account
-        "client_secret_known": None if secrets is None else bool(client_id and client_id in secrets),
+        # null: no --client-secrets given; false: the service could not refresh this account (no secret for its
+        # client_id, or one bound to other token endpoints than the stored token_uri's)
+        "client_secret_known": None if secrets is None else _secret_usable(secrets, client_id, settings),
         "oauth": oauth,
     }
+
+
+def _secret_usable(secrets: Mapping[str, str], client_id: Any, settings: Mapping[str, Any]) -> bool:
+    from oarlock.keys.secrets import ClientSecrets, token_origin
+
+    if not isinstance(client_id, str) or client_id not in secrets:
+        return False
+    allowed = secrets.allowed_origins(client_id) if isinstance(secrets, ClientSecrets) else None
+    return allowed is None or token_origin(settings.get("token_uri")) in allowed
 
 
 def _secrets(path: str | None) -> Mapping[str, str] | None:
