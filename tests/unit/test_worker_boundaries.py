@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from oarlock.credentials.manager import CredentialManager
 from oarlock.devprovider import DevProvider
 from oarlock.errors import KeyStoreError
@@ -172,3 +174,35 @@ def test_an_update_emitted_after_the_time_limit_settled_its_input_is_published_o
     assert update["oauth"]["refresh_token"] == "rt-late"
     assert rig.transport.published_to(KEYS["data"]) == [], "the late data is still dropped"
     assert len(rig.transport.rejected) == 1 and rig.transport.acked == [] and len(rig.errors()) == 1
+
+
+@pytest.mark.parametrize(("kind", "name"), [("exit", "SystemExit"), ("abort", "Abort"), ("unprintable", "Unprintable")])
+def test_a_function_failing_with_any_exception_gets_an_error_event_and_a_reject_and_the_next_input_runs(
+    kind: str, name: str
+) -> None:
+    rig = Rig("poison")
+    with started(rig):
+        rig.send({"kind": kind}, message_id="poison-1")
+        rig.settled()
+        rig.send({}, message_id="next-1")
+        rig.transport.wait_for(lambda: rig.transport.acked)
+    ((rejected, requeue),) = rig.transport.rejected
+    assert rejected.headers["messageId"] == "poison-1" and requeue is False
+    (error,) = rig.errors()
+    assert error["name"] == name
+    assert [d.headers["messageId"] for d in rig.transport.acked] == ["next-1"]
+
+
+def test_a_snapshot_that_cannot_be_encoded_fails_its_input_only_and_never_reaches_the_workers_snapshot() -> None:
+    rig = Rig("poison")
+    with started(rig):
+        rig.send({"kind": "bad-snapshot"}, message_id="bad-1")
+        rig.settled()
+        rig.send({}, message_id="next-1")
+        rig.settled(2)
+    ((rejected, requeue),) = rig.transport.rejected
+    assert rejected.headers["messageId"] == "bad-1" and requeue is False
+    assert rig.errors()[0]["name"] == "EncodeError" and "updateSnapshot" in rig.errors()[0]["message"]
+    assert [d.headers["messageId"] for d in rig.transport.acked] == ["next-1"]
+    assert rig.bodies(KEYS["data"])[-1]["body"] == {"snapshot": {}}
+    assert rig.worker.snapshot == {}

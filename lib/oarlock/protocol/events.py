@@ -90,10 +90,20 @@ class EventList:
 
 
 def error_payload(exc: BaseException) -> dict[str, str]:
-    """The ``{name, message, stack}`` of an error event for an exception (not yet redacted)."""
+    """The ``{name, message, stack}`` of an error event for an exception (not yet redacted).
+
+    Total: an exception whose ``str()`` (or traceback) cannot be built still gives an error event.
+    """
     name = exc.event_name if isinstance(exc, OarlockError) else type(exc).__name__
-    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"name": name, "message": str(exc), "stack": stack}
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type(exc).__name__}: its message could not be read>"
+    try:
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        stack = ""
+    return {"name": name, "message": message, "stack": stack}
 
 
 def normalise(name: str, payload: Any) -> Event:

@@ -154,7 +154,9 @@ class FunctionRunner:
                 ctx.close()
             if returned is not None:
                 events.emit(normalise("data", returned))
-        except Exception as exc:  # a function's failure is an event, never a crash of the runtime
+        except BaseException as exc:  # a function's failure is an event, never a crash of the runtime
+            if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                raise  # Ctrl-C of a local run; on a function thread it can only be the function's own
             infrastructure = infrastructure_cause(exc)
             if infrastructure is not None:
                 result.retry_later = infrastructure
@@ -166,7 +168,14 @@ class FunctionRunner:
             else:
                 if not isinstance(exc, OarlockError):
                     log.debug("function %s raised", self.spec.name, exc_info=True)
-                events.emit(Event(EventName.ERROR, error_payload(exc)))
+                try:
+                    events.emit(Event(EventName.ERROR, error_payload(exc)))
+                except Exception as failed:  # the error itself cannot be sent as it is: a plain one instead
+                    log.warning("the error of function %s could not be sent as raised: %s", self.spec.name, failed)
+                    plain = ComponentError(f"{type(exc).__name__} (its error message could not be encoded)")
+                    events.emit(
+                        Event(EventName.ERROR, {"name": type(exc).__name__, "message": str(plain), "stack": ""})
+                    )
         result.duration_ms = (time.monotonic() - started) * 1000
         return result
 

@@ -27,18 +27,16 @@ from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from oarlock.amqp.types import Incoming, Outgoing, Transport, now_ms
+from oarlock.amqp.types import Incoming, Transport, now_ms
 from oarlock.errors import (
     ConfigurationError,
     DecodeError,
-    EncodeError,
-    KeyStoreError,
     OarlockError,
     PublishError,
     TimeLimitExceeded,
     TransportError,
 )
-from oarlock.keys.platform_api import AccountsApi, platform_keys
+from oarlock.keys.platform_api import AccountsApi
 from oarlock.protocol.crypto import MessageCipher
 from oarlock.protocol.events import Event, EventName, error_payload
 from oarlock.protocol.headers import OutgoingHeaders
@@ -46,8 +44,9 @@ from oarlock.protocol.message import Message
 from oarlock.protocol.outgoing import InputView, OutgoingEncoder, protocol_version_of
 from oarlock.protocol.settings import Settings
 from oarlock.protocol.stepconfig import StepConfig
-from oarlock.runtime.executor import FunctionRunner, UnloadableFunction
+from oarlock.runtime.executor import FunctionRunner, UnloadableFunction, infrastructure_cause
 from oarlock.runtime.jobs import Job, JobSink, first_failure
+from oarlock.runtime.publishing import EventPublishing
 from oarlock.runtime.workpool import WorkPool
 
 log = logging.getLogger("oarlock.worker")
@@ -57,7 +56,7 @@ RETRY_LATER_FIRST_SECONDS = 1.0
 RETRY_LATER_MAX_SECONDS = 30.0
 
 
-class Worker:
+class Worker(EventPublishing):
     def __init__(
         self,
         settings: Settings,
@@ -200,16 +199,20 @@ class Worker:
                     self.transport.call_later(limit, lambda: self._on_time_limit(job, started, limit))
                 sink = JobSink(self, job)
                 job.retry_later = self.runner.call(message, self.cfg, self._snapshot_copy(), sink=sink).retry_later
-        except Exception as exc:
+        except BaseException as exc:  # a function thread: nothing above it could settle the input
             if job is not None and not job.finish():
                 return  # the time limit settled it already
-            log.exception("unexpected failure while processing a delivery: it is requeued after a backoff")
-            if job is None:  # not even registered: leave it to the broker's redelivery of the connection
-                message_id = delivery.headers.get("messageId")
-                self._release(str(message_id) if message_id else None)
+            cause = infrastructure_cause(exc)
+            if job is not None and cause is not None:  # the keys store, say: not the message's fault
+                log.warning("processing failed because of %s: the input is requeued after a backoff", cause)
+                job.retry_later = cause
+                self._when_confirmed(job, lambda: self._leave_for_redelivery(job, started))
                 return
-            job.retry_later = OarlockError(f"unexpected {type(exc).__name__} while processing the message")
-            self._when_confirmed(job, lambda: self._leave_for_redelivery(job, started))
+            # a poison input (or a bug) must not loop: an error event naming what failed, then a reject
+            log.exception("unexpected %s while processing a delivery: an error event and a reject", type(exc).__name__)
+            failed = job if job is not None else self._unprepared(delivery)
+            self._fail(failed, OarlockError(f"unexpected {type(exc).__name__} while processing the message"))
+            self._when_confirmed(failed, lambda: self._on_confirmed(failed, started, retried=False))
             return
         if not job.finish():
             return  # the time limit settled it already; what the function emitted since was dropped
@@ -253,6 +256,22 @@ class Worker:
             log.error("cannot decode message: %s", exc, extra={"messageId": job.message_id})
             self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
         return job
+
+    def _unprepared(self, delivery: Incoming) -> Job:
+        """A job for a delivery whose preparation failed: only its messageId is trusted."""
+        headers = delivery.headers if isinstance(delivery.headers, dict) else {}
+        message_id = headers.get("messageId")
+        incoming: dict[str, Any] = {"messageId": message_id} if isinstance(message_id, (str, int)) else {}
+        head, tail = self._outgoing_headers.parts(incoming, start_ms=now_ms())
+        return Job(delivery, InputView(incoming, head, tail, delivery.body))
+
+    def _fail(self, job: Job, error: OarlockError) -> None:
+        """Publish ``error`` as the input's error event; when even that fails, the input is only rejected."""
+        try:
+            self._publish_event(job, Event(EventName.ERROR, error_payload(error)))
+        except Exception:
+            log.exception("the error of message %s could not be published either: it is rejected", job.message_id)
+        job.errored = True
 
     def _on_time_limit(self, job: Job, started: float, limit: float) -> None:
         """I/O thread: the function still runs after ``limit`` seconds: an error event, then a reject.
@@ -380,88 +399,3 @@ class Worker:
     def _snapshot_copy(self) -> dict[str, Any]:
         with self._lock:
             return dict(self.snapshot)
-
-    # -- events -> the transport --------------------------------------------------------------------
-    def _publish_event(self, job: Job, event: Event) -> None:
-        """Publish what one event becomes (protocol.outgoing); a message that cannot be encoded is an error."""
-        if event.name in (EventName.SNAPSHOT, EventName.UPDATE_SNAPSHOT):
-            with self._lock:
-                if event.name is EventName.SNAPSHOT:
-                    self.snapshot = dict(event.payload)
-                else:
-                    self.snapshot.update(event.payload)
-        elif event.name is EventName.UPDATE_KEYS:
-            self._update_keys(job, event)
-            return
-        elif event.name is EventName.CREDENTIAL_INVALID:  # to an oarlock platform's keys service, not settled
-            if "amqp" in self.update_keys_routes:
-                self.transport.publish(self.encoder.encode(job.view, event).messages[0])
-            return
-        try:
-            if event.name is EventName.DATA:  # nearly every event: straight to its encoding
-                self._send(job, self.encoder.data(job.view, event.payload))
-                return
-            if job.state == "detached":  # the error of an update published on its own: the input is settled
-                log.error("%s", event.payload.get("message"), extra={"messageId": job.message_id})
-                return
-            encoded = self.encoder.encode(job.view, event)
-        except EncodeError as exc:
-            encoded = self.encoder.encode(job.view, Event(EventName.ERROR, error_payload(exc)))
-        if encoded.is_error:
-            job.errored = True
-        for message in encoded.messages:
-            self._send(job, message)
-
-    def _update_keys(self, job: Job, event: Event) -> None:
-        """Every route the deployment has must take the update before the input is acked.
-
-        AMQP: published and confirmed like any output (unroutable -> error and reject). The platform
-        API: ``PUT /v1/accounts/{cfg._account}`` now, on this thread, with sailor's retries; a PUT
-        that fails is an error event of the input (so it is rejected, never acked).
-        """
-        payload: dict[str, Any] = event.payload
-        if payload.get("persist") is False:
-            return  # an immutable credential: refreshed in memory only
-        if "amqp" in self.update_keys_routes:
-            try:
-                for message in self.encoder.encode(job.view, event).messages:
-                    self._send(job, message)
-            except EncodeError as exc:
-                self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
-        if self._accounts_api is not None:
-            account = self.cfg.get("_account")
-            try:
-                if not isinstance(account, str) or not account:
-                    raise KeyStoreError(
-                        "a refreshed credential cannot be stored on the platform: the step cfg has no _account "
-                        "(PUT /v1/accounts/{cfg._account})"
-                    )
-                self._accounts_api.put_keys(account, platform_keys(payload))
-            except KeyStoreError as exc:
-                log.error("%s", exc, extra={"messageId": job.message_id, "account": account})
-                self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
-
-    def _publish_detached(self, job: Job, event: Event) -> None:
-        """An updateKeys (or a dead-credential report) emitted after its input was settled: on every route on its
-        own, tied to no input; what fails is logged (the input's settlement is over)."""
-        detached = Job(job.delivery, job.view)
-        detached.state = "detached"
-        self._publish_event(detached, event)
-        account = event.payload.get("account") if isinstance(event.payload, dict) else None
-
-        def confirmed() -> None:
-            failure = first_failure(detached.confirms)
-            if failure is not None:
-                log.error(
-                    "%s of account %s, published after its input was settled, was not confirmed (%s): the refreshed "
-                    "credential is in this process's memory until its next update",
-                    event.name.value,
-                    account,
-                    failure,
-                    extra={"account": account, "messageId": job.message_id},
-                )
-
-        self.transport.when_all(list(detached.confirms), confirmed)
-
-    def _send(self, job: Job, message: Outgoing) -> None:
-        job.confirms.append(self.transport.publish(message))
