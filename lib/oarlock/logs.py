@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -119,7 +120,20 @@ def configure(level: str = "info", *, json_lines: bool = True, log_format: str |
     root.setLevel(LEVELS.get(level.lower(), logging.INFO))
     logging.getLogger("pika").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # Python warnings (a library's InsecureRequestWarning, a component's warnings.warn with a URL in it) and
+    # the tracebacks of threads a function started go through the same formatter and redaction, never raw
+    logging.captureWarnings(True)
+    threading.excepthook = _log_thread_exception
     if chosen not in LOG_FORMATS:
         logging.getLogger("oarlock").warning(
             "ELASTICIO_LOG_FORMAT=%s is not one of %s: writing JSON lines", chosen[:40], ", ".join(LOG_FORMATS)
         )
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ended a thread: one redacted log record instead of a raw traceback on stderr."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+    logging.getLogger("oarlock").error("uncaught %s in thread %s", args.exc_type.__name__, name, exc_info=exc_info)

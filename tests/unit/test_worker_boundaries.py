@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,23 @@ def test_a_snapshot_that_cannot_be_encoded_fails_its_input_only_and_never_reache
     assert [d.headers["messageId"] for d in rig.transport.acked] == ["next-1"]
     assert rig.bodies(KEYS["data"])[-1]["body"] == {"snapshot": {}}
     assert rig.worker.snapshot == {}
+
+
+def test_on_stop_what_was_delivered_but_not_started_goes_back_to_the_broker_at_once() -> None:
+    rig = Rig("late", ELASTICIO_RABBITMQ_PREFETCH_SAILOR="10", ELASTICIO_GRACE_SECONDS="30")
+    module: Any = rig.worker.runner.module  # type: ignore[union-attr]
+    module.RELEASE.clear()
+    rig.worker.start()
+    for n in range(10):
+        rig.send({}, message_id=f"m-{n}")
+    rig.transport.wait_for(lambda: rig.transport.unsettled == 10)  # all ten delivered, a few running
+    stopping = threading.Thread(target=rig.worker.stop)
+    stopping.start()
+    rig.transport.wait_for(lambda: rig.transport.rejected)  # the unstarted ones, while the running ones still wait
+    module.RELEASE.set()
+    stopping.join(30)
+    assert not stopping.is_alive()
+    requeued = [delivery for delivery, requeue in rig.transport.rejected if requeue]
+    assert len(requeued) == len(rig.transport.rejected) >= 1
+    assert len(rig.transport.acked) + len(requeued) == 10
+    assert len(rig.transport.published_to(KEYS["data"])) == len(rig.transport.acked), "only the started ones ran"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from oarlock.errors import ConfigurationError
 from oarlock.keys.base import KeyStore, StoredCredential, apply_update_keys, register_url_secrets, safe_url
 from oarlock.keys.sealing import key_from_environment
 
@@ -28,7 +29,18 @@ def open_store(url: str, *, environ: Mapping[str, str] | None = None) -> KeyStor
     """
     register_url_secrets(url)
     key = key_from_environment(environ)
-    if url.startswith(("postgresql://", "postgres://")):
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("postgresql+psycopg", "postgresql+psycopg3"):
+        url = "postgresql" + url[len(scheme) :]  # SQLAlchemy's spelling of the same URL
+        scheme = "postgresql"
+    elif scheme in ("postgresql", "postgres") and not url.startswith(("postgresql://", "postgres://")):
+        url = scheme + url[len(scheme) :]  # PostgreSQL://, POSTGRES://
+    if scheme and scheme not in ("postgresql", "postgres", "sqlite"):
+        raise ConfigurationError(
+            f"keys store {safe_url(url)}: unknown scheme {scheme[:20]!r}: use a SQLite path (or sqlite:///path) "
+            "or postgresql://…"
+        )
+    if scheme in ("postgresql", "postgres"):
         from oarlock.keys.postgres import DEFAULT_TABLE, PostgresKeyStore
 
         parts = urlsplit(url)
@@ -36,6 +48,8 @@ def open_store(url: str, *, environ: Mapping[str, str] | None = None) -> KeyStor
         table = next((value for key, value in query if key == "table"), DEFAULT_TABLE)
         rest = urlencode([(key, value) for key, value in query if key != "table"])
         return PostgresKeyStore(urlunsplit(parts._replace(query=rest)), table=table, key=key)
+    if scheme == "sqlite":
+        url = "sqlite" + url[len(scheme) :]
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
     from oarlock.keys.sqlite import SqliteKeyStore
 

@@ -156,6 +156,12 @@ class MemoryTransport:
         with self._state:
             return len(self._ready)
 
+    @property
+    def unsettled(self) -> int:
+        """Deliveries handed out and neither acked nor rejected yet."""
+        with self._state:
+            return len(self._unsettled)
+
     # -- the Transport contract -----------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> None:
         if self._thread is None:

@@ -152,14 +152,16 @@ class Worker(EventPublishing):
         """Stop consuming, let in-flight inputs finish within the grace period, shutdown hook, close."""
         with contextlib.suppress(FutureTimeout, TransportError):
             self.transport.stop_consuming().result(5)
+        # what was delivered but not started goes back to the broker now, for the other workers: the grace
+        # is for the calls already running, not for starting new ones
+        for never_started in self.pool.shutdown():
+            self._give_back(never_started)
         deadline = time.monotonic() + self.grace
         while time.monotonic() < deadline:
             with self._lock:
                 if self._inflight == 0:
                     break
             time.sleep(0.05)
-        for _never_started in self.pool.shutdown():  # unsettled: the broker redelivers them after the close
-            self._release(None)
         if self.settings.hook_shutdown:
             try:
                 self.runner.shutdown(self.cfg, self.startup_data)
@@ -182,7 +184,16 @@ class Worker(EventPublishing):
         with self._lock:
             self._inflight += 1
             self._last_activity = time.monotonic()
-        self.pool.submit(delivery)
+        try:
+            self.pool.submit(delivery)
+        except RuntimeError:  # stopping: a late delivery is not started any more
+            self._give_back(delivery)
+
+    def _give_back(self, delivery: Incoming) -> None:
+        """A delivery this worker will not start: requeued at once (redelivered to another worker)."""
+        with contextlib.suppress(TransportError):
+            self.transport.reject(delivery, requeue=True)
+        self._release(None)
 
     def _handle(self, delivery: Incoming) -> None:
         started = time.monotonic()
