@@ -49,6 +49,7 @@ from oarlock.protocol.crypto import MessageCipher
 from oarlock.protocol.outgoing import protocol_version_of
 from oarlock.redact import redact_text
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 log = logging.getLogger("oarlock.keys.service")
 STORE_RETRY_FIRST_SECONDS = 0.5
 STORE_RETRY_MAX_SECONDS = 30.0
@@ -110,6 +111,7 @@ class KeysService:
         self._store_failures = 0  # in a row: the pause before requeueing grows with it
         self._sleep = sleep
         self._stopping = False  # a plain flag: set from a signal handler
+        self._stop_event = threading.Event()  # the same, for a connect still under way at start
         self._closed = False  # the connections are closed (or closing): nothing more is published
         self._lock = threading.Lock()
         self._in_flight = 0  # delivered, not yet handled
@@ -122,6 +124,7 @@ class KeysService:
     def stop(self) -> None:
         """Stop after the messages already delivered (any thread, or a signal handler)."""
         self._stopping = True
+        self._stop_event.set()
 
     def decode(self, body: bytes, headers: dict[str, Any]) -> dict[str, Any]:
         """The decrypted payload of one message; DecodeError when it cannot be read or is not an object."""
@@ -178,12 +181,16 @@ class KeysService:
         worker = threading.Thread(target=self._work_loop, name="oarlock-keys", daemon=True)
         # SIGTERM stops cleanly; a handler can only be installed from the main thread
         installed = threading.current_thread() is threading.main_thread()
-        previous = signal.getsignal(signal.SIGTERM) if installed else None
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if installed else {}
         if installed:
-            signal.signal(signal.SIGTERM, self._on_term)
+            for sig in STOP_SIGNALS:  # SIGINT too: Ctrl-C or a supervisor's stop is a clean stop, not "Aborted!"
+                signal.signal(sig, self._on_term)
         try:
             for queue in self.queues:
                 transport = self._connect(queue)
+                if self._stopping:  # stopped while connecting: nothing to consume, not a failure
+                    transport.close()
+                    return self.stored
                 self._transports.append(transport)
                 self._transport = self._transport or transport
                 self._check_queue(transport, queue)
@@ -198,8 +205,9 @@ class KeysService:
                     log.info("queue %s is empty: burst run finished", ", ".join(self.queues))
                     break
         finally:
-            if installed and previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
             for transport in self._transports:
                 with contextlib.suppress(TransportError, TimeoutError):
                     transport.stop_consuming().result(5)
@@ -241,6 +249,7 @@ class KeysService:
             name=f"oarlock keys serve {queue}",
             reconnect_max_seconds=self.reconnect_max_seconds,
             tls=AmqpTls.from_env(os.environ),
+            stop=self._stop_event,
         )
         transport.start(self.connect_timeout)
         return transport
