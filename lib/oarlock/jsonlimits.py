@@ -4,6 +4,9 @@ Deeply nested JSON makes every recursive step after parsing (copying, redaction,
 validation) raise RecursionError, and at a few thousand levels the parser itself does: a poison
 message that is never settled. :func:`loads` turns both into a :class:`~oarlock.errors.DecodeError`
 naming the limit (``MAX_DEPTH`` levels of arrays and objects).
+
+It reads JSON as JavaScript's ``JSON.parse`` does (sailor-nodejs on the other side): the ``NaN``, ``Infinity``
+and ``-Infinity`` literals Python's json module accepts are a DecodeError ("… is not valid JSON: NaN is not JSON").
 """
 
 from __future__ import annotations
@@ -30,14 +33,20 @@ def loads(text: str | bytes, *, what: str, invalid: str | None = None) -> Any:
     return value
 
 
+def _no_constant(name: str) -> Any:
+    """The decoder's parse_constant: JSON.parse refuses the literals json.loads turns into non-finite floats."""
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 # the scanner json.loads runs (JSONDecoder builds its scan_once the same way), without its wrappers: two regex
 # scans for whitespace and a BOM check (typeshed types make_scanner's context as itself, not the decoder)
-_scan_once: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]
 
 
 def _parse(text: str | bytes) -> Any:
-    """``json.loads(text)``, the same value or error: one scan when the text is one JSON value from its first to
-    its last character (every message a worker receives); json.loads itself for anything else."""
+    """``json.loads(text)`` without the non-finite literals, the same value or error: one scan when the text is one
+    JSON value from its first to its last character (every message a worker receives); json.loads for the rest."""
     if type(text) is str:
         try:
             value, end = _scan_once(text, 0)
@@ -46,7 +55,7 @@ def _parse(text: str | bytes) -> Any:
         else:
             if end == len(text):
                 return value
-    return json.loads(text)
+    return json.loads(text, parse_constant=_no_constant)
 
 
 def check_depth(value: Any, *, what: str, text: str | bytes | None = None, limit: int = MAX_DEPTH) -> None:

@@ -415,7 +415,7 @@ def test_every_kind_of_malformed_message_is_rejected_with_its_reason_and_the_run
         publish_update(broker, raw=encrypt("[" * 300 + "]" * 300))  # nesting
         publish_update(broker, good, headers={"protocolVersion": "two"})  # header types
         publish_update(broker, good, headers={"protocolVersion": [1]})
-        publish_update(broker, raw=encrypt('{"account": "acct-inf", "version": Infinity, "oauth": {}}'))
+        publish_update(broker, raw=encrypt('{"account": "acct-inf", "version": 1e400, "oauth": {}}'))
         publish_update(broker, {"account": "acct-big", "version": 2**63 + 1, "oauth": {}})
         publish_update(broker, {"account": "acct-ahead", "version": later, "oauth": {}})
         publish_update(broker, {"version": 1, "oauth": {}})  # missing fields

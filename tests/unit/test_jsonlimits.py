@@ -22,7 +22,6 @@ TEXTS = [
     '{"a": "unterminated',
     "",
     "nope",
-    "NaN",
     '{"a": 1, "a": 2}',
 ]
 
