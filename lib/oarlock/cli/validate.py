@@ -85,6 +85,7 @@ def _kind(problem: Problem) -> str:
         ("legacy spelling", "legacy env/vars"),
         ("does not exist", "missing files"),
         ("not a valid JSON Schema", "invalid JSON Schemas"),
+        ("also declared as a trigger", "names shared by an action and a trigger"),
     ):
         if needle in message:
             return kind

@@ -4,6 +4,11 @@
 ``oarlock.validate`` for the full list of checks) but strict about what oarlock needs to
 run a function: valid JSON, the structural schema, and a Python ``main`` that defines
 ``process``.
+
+Whatever breaks while loading is a ComponentError naming the file: JSON that is not JSON or is
+nested deeper than :data:`oarlock.jsonlimits.MAX_DEPTH` levels (never a RecursionError), and a
+module that raises anything at import, ``sys.exit()`` (argparse's too) and KeyboardInterrupt
+included (``lib/a.py called sys.exit(0) while being imported``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any, Literal
 
 import jsonschema
 
-from oarlock.errors import ComponentError
+from oarlock.errors import ComponentError, DecodeError
+from oarlock.jsonlimits import MAX_DEPTH, check_depth
 from oarlock.jsontypes import json_type
 from oarlock.redact import redact_text
 
@@ -99,12 +105,25 @@ def read_component_json(root: Path) -> dict[str, Any]:
         raise ComponentError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ComponentError(f"{path} is not UTF-8 text") from None
+    data = parse_json(text, shown=str(path))
+    if not isinstance(data, dict):
+        raise ComponentError(f"{path} must hold a JSON object")
+    return data
+
+
+def parse_json(text: str, *, shown: str) -> Any:
+    """``json.loads(text)``, or a ComponentError naming ``shown``: not JSON (with the line and column), or
+    nested deeper than MAX_DEPTH levels (every check after parsing recurses: no RecursionError anywhere)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ComponentError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if not isinstance(data, dict):
-        raise ComponentError(f"{path} must hold a JSON object")
+        raise ComponentError(f"{shown} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ComponentError(f"{shown} is nested deeper than {MAX_DEPTH} levels") from None
+    try:
+        check_depth(data, what=shown, text=text)
+    except DecodeError as exc:
+        raise ComponentError(str(exc)) from None
     return data
 
 
@@ -194,13 +213,15 @@ class Component:
         if isinstance(value, str):
             path = self.root / value
             try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
+                text = path.read_text(encoding="utf-8")
             except OSError:
                 raise ComponentError(f"{where}.metadata.{direction}: {_display(value)} does not exist") from None
-            except ValueError as exc:
-                raise ComponentError(
-                    f"{where}.metadata.{direction}: {_display(value)} is not valid JSON: {exc}"
-                ) from None
+            except UnicodeDecodeError:
+                raise ComponentError(f"{where}.metadata.{direction}: {_display(value)} is not UTF-8 text") from None
+            try:
+                loaded = parse_json(text, shown=_display(value))
+            except ComponentError as exc:
+                raise ComponentError(f"{where}.metadata.{direction}: {exc}") from None
             return loaded if isinstance(loaded, dict) and loaded else None
         return None
 
@@ -327,12 +348,28 @@ def import_file(root: Path, path: Path, *, where: str) -> ModuleType:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except GeneratorExit:  # pragma: no cover - the interpreter closing a generator: not the module's doing
         sys.modules.pop(module_name, None)
-        raise ComponentError(
-            f"{where}: importing {path.relative_to(root)} failed: {type(exc).__name__}: {redact_text(str(exc))}"
-        ) from None
+        raise
+    except BaseException as exc:  # sys.exit() (argparse's), KeyboardInterrupt: the module is as broken
+        sys.modules.pop(module_name, None)
+        raise ComponentError(f"{where}: {_import_failure(path.relative_to(root), exc)}") from None
     finally:
         if added:
             sys.path.remove(root_text)
     return module
+
+
+def _import_failure(shown: Path, exc: BaseException) -> str:
+    """What importing ``shown`` did instead of defining the module, as a sentence."""
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        hint = ": 2 is argparse's exit code, does it parse the command line at import?" if code == 2 else ""
+        return f"{shown} called sys.exit({redact_text(repr(code))}) while being imported{hint}"
+    if isinstance(exc, KeyboardInterrupt):
+        return f"{shown} raised KeyboardInterrupt while being imported"
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ fails still names its class
+        text = "(its message cannot be shown)"
+    return f"importing {shown} failed: {type(exc).__name__}: {redact_text(text)}"

@@ -13,6 +13,9 @@ The module is imported as the runtime imports it (:meth:`Component.load_module`,
 :mod:`oarlock.runtime.service` looks them up: a method re-exported from another module, assigned
 or decorated is found exactly when the runtime would find it (an ``ast`` reading would miss those).
 
+A name declared both as an action and as a trigger is a warning: oarlock (like sailor) runs the
+trigger under that name and never the action.
+
 ``lenient`` is for legacy files: unknown keys become warnings, and so does every finding of a
 function oarlock cannot run (its ``main`` a JavaScript file or a Java class: a Node.js or Java
 component's descriptor).
@@ -21,19 +24,19 @@ component's descriptor).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from oarlock.component.inputschema import schema_error
+from oarlock.component.inputschema import reference_error, schema_error
 from oarlock.component.model import (
     JAVA_CLASS,
     PLACEHOLDER,
     Component,
     Problem,
     main_problem,
+    parse_json,
     read_component_json,
     schema_problems,
 )
@@ -56,6 +59,7 @@ def validate(root: str | Path, env: Mapping[str, str] | None = None, *, lenient:
     problems += unknown_key_problems(raw, lenient=lenient)
     problems += _legacy_keys(raw)
     problems += _placeholders(raw)
+    problems += _shared_names(raw)
     component = Component(folder, {"title": str(raw.get("title") or folder.name)})
     for kind in ("trigger", "action"):
         functions = raw.get(f"{kind}s")
@@ -67,6 +71,23 @@ def validate(root: str | Path, env: Mapping[str, str] | None = None, *, lenient:
                 found = [_as_legacy(p) for p in found]
             problems += found
     return problems
+
+
+def _shared_names(raw: dict[str, Any]) -> list[Problem]:
+    """A warning per name declared both under actions and under triggers: the trigger shadows the action."""
+    actions, triggers = raw.get("actions"), raw.get("triggers")
+    if not isinstance(actions, dict) or not isinstance(triggers, dict):
+        return []
+    return [
+        Problem(
+            f"actions.{name}",
+            f"{name} is also declared as a trigger (triggers.{name}): oarlock, like sailor, runs the trigger"
+            " under this name and never this action; rename one of them",
+            "warning",
+        )
+        for name in actions
+        if name in triggers
+    ]
 
 
 def _foreign(spec: dict[str, Any]) -> bool:
@@ -221,9 +242,15 @@ def _metadata_problems(root: Path, where: str, value: Any) -> Iterator[Problem]:
             yield Problem(where, f"{value.removeprefix('./')} does not exist")
             return
         try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            yield Problem(where, f"{value.removeprefix('./')} is not valid JSON: {exc}")
+            value = parse_json(path.read_text(encoding="utf-8"), shown=original)
+        except OSError as exc:
+            yield Problem(where, f"cannot read {original}: {exc.strerror or exc}")
+            return
+        except UnicodeDecodeError:
+            yield Problem(where, f"{original} is not UTF-8 text")
+            return
+        except ComponentError as exc:
+            yield Problem(where, str(exc))
             return
     if not isinstance(value, dict):
         yield Problem(where, "must be a JSON Schema object")
@@ -235,7 +262,10 @@ def _metadata_problems(root: Path, where: str, value: Any) -> Iterator[Problem]:
         if from_file:
             text = f"{original} {text}"
         if where.endswith(".in"):
-            text += " (oarlock would not check incoming messages against it)"
+            if reference_error(value) is not None:
+                text += " (oarlock cannot load this function: every message would be rejected with this error)"
+            else:
+                text += " (oarlock would not check incoming messages against it)"
         yield Problem(where, text)
 
 
