@@ -211,3 +211,21 @@ def test_a_broker_that_cannot_be_reached_is_one_line_after_the_connect_deadline_
         done, f"cannot connect to the broker at 127.0.0.1:{port} (vhost /) within 30 s: connection refused ("
     )
     print(f"unreachable broker: {line!r} after {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.amqp
+def test_an_input_queue_that_does_not_exist_is_one_line_naming_it_and_exit_2_not_a_reconnect_loop(
+    broker: BrokerSandbox,
+) -> None:
+    started = time.monotonic()
+    done = start_up_failure(
+        worker_env(broker, ELASTICIO_LISTEN_MESSAGES_ON=f"{broker.input_queue}-missing"),
+        "--component",
+        AMQP,
+        "--burst",
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"oarlock: queue {broker.input_queue}-missing (ELASTICIO_LISTEN_MESSAGES_ON) cannot be")
+    assert done.stderr.count("reconnecting") <= 1 and "Traceback" not in done.stderr  # the check closed a channel
+    assert time.monotonic() - started < 20

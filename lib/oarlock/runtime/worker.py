@@ -51,6 +51,7 @@ from oarlock.runtime.workpool import WorkPool
 
 log = logging.getLogger("oarlock.worker")
 CONFIRM_TIMEOUT = 120.0
+START_CHECK_SECONDS = 30.0
 DEDUP_CAPACITY = 100_000
 RETRY_LATER_FIRST_SECONDS = 1.0
 RETRY_LATER_MAX_SECONDS = 30.0
@@ -116,6 +117,7 @@ class Worker(EventPublishing):
         self.transport.start()
         if self._stop.is_set():
             return  # stopped while connecting (the transport gave up waiting for the broker): nothing to consume
+        self._check_queue(self.settings.listen_messages_on)
         self.transport.consume(self.settings.listen_messages_on, self.settings.prefetch, self._on_delivery)
         log.info(
             "consuming %s (prefetch %s, concurrency %s)",
@@ -124,6 +126,20 @@ class Worker(EventPublishing):
             self.concurrency,
             extra=self._log_context(),
         )
+
+    def _check_queue(self, queue: str) -> None:
+        """TransportError unless the input queue exists: a missing one would close the channel on every reconnect."""
+        try:
+            self.transport.message_count(queue).result(START_CHECK_SECONDS)
+        except TransportError:  # the broker closed the channel instead of answering
+            raise TransportError(
+                f"queue {queue} (ELASTICIO_LISTEN_MESSAGES_ON) cannot be consumed: it does not exist or is not "
+                "accessible"
+            ) from None
+        except FutureTimeout:
+            raise TransportError(
+                f"the broker did not answer within {START_CHECK_SECONDS:g} s whether queue {queue} exists"
+            ) from None
 
     def run(self) -> int:
         """Start, process until stopped (or, with ``burst``, until the queue is empty), then shut down."""
