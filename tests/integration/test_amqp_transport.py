@@ -159,3 +159,20 @@ def test_consuming_registers_exactly_one_consumer_however_the_two_channels_open(
             )
         finally:
             made.close()
+
+
+def test_a_consumer_the_broker_cancels_makes_the_transport_not_ready_and_consuming_resumes_once_the_queue_is_back(
+    transport: AmqpTransport, broker: BrokerSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    from oarlock.amqp.metered import consuming
+
+    inbox = Inbox()
+    transport.consume(broker.input_queue, 10, inbox)
+    wait_for(lambda: consuming(transport), timeout=20)
+    broker.channel.queue_delete(broker.input_queue)  # an operator re-creating the queue, a node going down
+    wait_for(lambda: not consuming(transport), timeout=20)
+    assert "cancelled the consumer of queue" in caplog.text
+    broker.channel.queue_declare(broker.input_queue)
+    broker.channel.basic_publish("", broker.input_queue, b"after the queue came back")
+    wait_for(lambda: inbox.items, timeout=60)
+    assert inbox.items[0].body == b"after the queue came back" and consuming(transport)

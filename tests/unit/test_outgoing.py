@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from pika.compat import long as pika_long
 
+from oarlock.amqp.types import SignedByte
 from oarlock.errors import DecodeError, EncodeError
 from oarlock.protocol.crypto import MessageCipher
 from oarlock.protocol.events import Event, EventName
@@ -240,9 +243,15 @@ def test_no_self_passthrough_keeps_the_input_under_the_step_that_sent_it_as_sail
     assert passthrough["step_7"]["id"] == "in-9" and passthrough["step_7"]["body"] == {"in": 1}
 
 
-def test_a_rebound_iteration_header_that_is_not_a_number_counts_as_zero() -> None:
-    rebound = encoder().rebound(view({"reboundIteration": "many"}), Message({}))
-    assert rebound is not None and rebound.headers["reboundIteration"] == 1
+def test_only_a_numeric_rebound_iteration_header_counts_as_in_sailor() -> None:
+    # sailor: previousIteration && typeof previousIteration === 'number' ? previousIteration + 1 : 1
+    not_numbers: list[Any] = ["many", "2", "19", b"2", Decimal("2"), True, None, -3, float("nan"), float("inf")]
+    numbers: list[Any] = [2, SignedByte(2), pika_long(2), 2.0, 2.7]  # I, b, l (as pika decodes it), d (a float)
+    for value, iteration, expiration in [*((v, 1, "15000") for v in not_numbers), *((v, 3, "60000") for v in numbers)]:
+        rebound = encoder().rebound(view({"reboundIteration": value}), Message({}))
+        assert rebound is not None, value
+        assert rebound.headers["reboundIteration"] == iteration and rebound.expiration == expiration, value
+        assert type(rebound.headers["reboundIteration"]) is int
 
 
 def test_a_rebound_emitted_with_an_exception_keeps_its_message_as_the_reason() -> None:

@@ -140,3 +140,14 @@ def test_a_missing_variable_is_one_line_naming_it_and_exit_2() -> None:
 def test_the_api_variables_are_not_needed_to_plan_a_topology() -> None:
     settings = Settings.from_env(STEP_ENV, api_optional=True)
     assert len(plan(settings)) == 16
+
+
+def test_a_bad_amqp_uri_or_tls_setting_is_a_configuration_error_exit_2_not_a_broker_error_for_declare_and_peek() -> (
+    None
+):
+    declare = CliRunner().invoke(main, ["topology", "declare"], env={**STEP_ENV, "ELASTICIO_AMQP_URI": "http://x/"})
+    assert declare.exit_code == 2 and "ELASTICIO_AMQP_URI" in declare.output
+    tls = {**STEP_ENV, "ELASTICIO_AMQP_TLS_CA_FILE": "/nonexistent/ca.pem"}
+    assert CliRunner().invoke(main, ["topology", "declare"], env=tls).exit_code == 2
+    peek = CliRunner().invoke(main, ["peek", "q", "--amqp-uri", "http://x/"], env=STEP_ENV)
+    assert peek.exit_code == 2, peek.output

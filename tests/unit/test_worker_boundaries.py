@@ -13,7 +13,7 @@ import pytest
 
 from oarlock.credentials.manager import CredentialManager
 from oarlock.devprovider import DevProvider
-from oarlock.errors import KeyStoreError
+from oarlock.errors import ConfigurationError, KeyStoreError
 from oarlock.jsonlimits import MAX_DEPTH
 from oarlock.keys.sqlite import SqliteKeyStore
 from tests.unit.test_worker_rules import CIPHER, KEYS, Rig
@@ -227,3 +227,20 @@ def test_on_stop_what_was_delivered_but_not_started_goes_back_to_the_broker_at_o
     assert len(requeued) == len(rig.transport.rejected) >= 1
     assert len(rig.transport.acked) + len(requeued) == 10
     assert len(rig.transport.published_to(KEYS["data"])) == len(rig.transport.acked), "only the started ones ran"
+
+
+def test_a_delivery_whose_properties_could_not_be_decoded_is_an_error_naming_why_and_a_reject() -> None:
+    rig = Rig("echo")
+    with started(rig):
+        rig.transport.deliver(b"{}", {}, decode_error="a timestamp header past the year 9999")
+        rig.settled()
+        rig.send({"a": 1}, message_id="next-1")
+        rig.transport.wait_for(lambda: rig.transport.acked)
+    ((_, requeue),) = rig.transport.rejected
+    (error,) = rig.errors()
+    assert requeue is False and error["name"] == "DecodeError" and "past the year 9999" in error["message"]
+
+
+def test_a_configured_routing_key_amqp_cannot_carry_is_a_configuration_error_at_start_naming_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match="ELASTICIO_ERROR_ROUTING_KEY is 300 bytes of UTF-8"):
+        Rig("echo", ELASTICIO_ERROR_ROUTING_KEY="e" * 300)

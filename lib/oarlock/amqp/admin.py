@@ -26,7 +26,7 @@ import pika.spec
 
 from oarlock.amqp.failures import broker_name, pika_quiet
 from oarlock.amqp.tls import AmqpTls, url_parameters
-from oarlock.errors import ConfigurationError, TransportError
+from oarlock.errors import TransportError
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 Channel: TypeAlias = pika.adapters.blocking_connection.BlockingChannel
@@ -103,10 +103,9 @@ class BrokerAdmin:
 
     def __init__(self, amqp_uri: str, *, name: str = "oarlock admin") -> None:
         self.broker = broker_name(amqp_uri)
-        try:  # amqps:// with the ELASTICIO_AMQP_TLS_* settings, like oarlock run and keys serve
-            params = url_parameters(amqp_uri, AmqpTls.from_env(os.environ))
-        except ConfigurationError as exc:
-            raise TransportError(str(exc)) from None
+        # amqps:// with the ELASTICIO_AMQP_TLS_* settings, like oarlock run and keys serve; a bad URI or TLS
+        # setting is a ConfigurationError (exit 2 for the commands), not a broker error
+        params = url_parameters(amqp_uri, AmqpTls.from_env(os.environ))
         params.connection_attempts = 1
         params.socket_timeout = CONNECT_TIMEOUT_SECONDS
         params.stack_timeout = CONNECT_TIMEOUT_SECONDS

@@ -13,7 +13,10 @@ and any delivery that is not complete in the buffer yet, a cancelled consumer, a
 that is not open or text that is not UTF-8, goes through pika's own code, frame by frame.
 The bytes on the wire and the objects handed to callbacks are exactly pika's (tested against
 pika's encoder and decoder); pika's traffic counters, which its heartbeat checker reads, are
-kept.
+kept. Content header frames, on either way, are decoded by :mod:`oarlock.amqp.fieldtable`
+(doubles as floats, nesting bounded): a delivery whose header frame cannot be decoded is handed
+over with :class:`~oarlock.amqp.fieldtable.UndecodableProperties` (empty, and the reason), so
+that its consumer can reject it, instead of ending the connection.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import pika.frame
 import pika.spec
 
 from oarlock.amqp.connection import CoalescingConnection
-from oarlock.amqp.fieldtable import decode_properties
+from oarlock.amqp.fieldtable import properties_or_reason
 
 ConfirmListener = Callable[[int, bool, bool], None]
 """Called with (delivery_tag, multiple, acked) for every basic.ack / basic.nack on a channel."""
@@ -152,12 +155,25 @@ class HotPathConnection(CoalescingConnection):
             pos = body_end + 1
         if seen != body_size:
             return 0  # pika raises BodyTooLongError for this
-        properties = decode_properties(buf[header + 19 : header_end])
+        properties = properties_or_reason(buf[header + 19 : header_end])
         body = fragments[0] if len(fragments) == 1 else b"".join(fragments)
         self.frames_received += 2 + len(fragments)
         method = pika.spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
         consumer(channel, method, properties, body)
         return pos
+
+    def _read_frame(self) -> tuple[int, pika.frame.Frame | pika.frame.ProtocolHeader | None]:
+        """pika's frame reader, but a content header's properties are decoded as on the hot path."""
+        buf = self._frame_buffer
+        if len(buf) >= 20 and buf[0] == _HEADER:
+            _, number, size = _FRAME_HEADER.unpack_from(buf, 0)
+            frame_end = 7 + size
+            if size >= 12 and frame_end < len(buf) and buf[frame_end] == _END:
+                class_id, _, body_size = _CONTENT_HEADER.unpack_from(buf, 7)
+                if class_id == 60:
+                    properties = properties_or_reason(buf[19:frame_end])
+                    return frame_end + 1, pika.frame.Header(number, body_size, properties)
+        return super()._read_frame()
 
     def _take_confirm(self, buf: bytes, offset: int, end: int) -> int:
         """Hand one basic.ack / basic.nack to its channel's confirm listener; the offset after it, or 0."""

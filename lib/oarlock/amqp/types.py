@@ -5,8 +5,9 @@ A :class:`Transport` delivers :class:`Incoming` messages to one handler, publish
 :class:`~oarlock.amqp.transport.AmqpTransport` is the real one (pika, RabbitMQ);
 :class:`~oarlock.runtime.memory_transport.MemoryTransport` is an in-memory one for tests,
 like dramatiq's StubBroker. A publish returns a :class:`Confirm` resolved with no error
-(confirmed), a :class:`~oarlock.errors.PublishError` (returned as unroutable, or nacked) or a
-:class:`~oarlock.errors.TransportError` (the connection was lost before the answer).
+(confirmed), a :class:`~oarlock.errors.PublishError` (returned as unroutable, nacked, or a
+message that cannot be marshalled) or a :class:`~oarlock.errors.TransportError` (the connection
+was lost before the answer).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Incoming(NamedTuple):
     content_type: str | None = None
     content_encoding: str | None = None
     delivery_mode: int | None = None
+    #: why the AMQP properties could not be decoded (then ``headers`` is empty): the message is rejected
+    decode_error: str | None = None
 
 
 class Outgoing(NamedTuple):
@@ -124,6 +127,25 @@ class Transport(Protocol):
         """How many ready messages the queue holds."""
 
     def close(self) -> None: ...
+
+
+SHORT_STRING_MAX = 255
+"""AMQP's limit, in bytes of UTF-8, of an exchange name, a routing key, a header name."""
+
+
+def short_string_problem(what: str, value: str) -> str | None:
+    """Why ``value`` cannot be an AMQP short string (an exchange or a routing key), or None."""
+    if not isinstance(value, str):
+        return f"the {what} is a {type(value).__name__}, not text"
+    if len(value) * 4 <= SHORT_STRING_MAX:
+        return None
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"the {what} is not valid UTF-8 text"
+    if size > SHORT_STRING_MAX:
+        return f"the {what} is {size} bytes of UTF-8, AMQP allows at most {SHORT_STRING_MAX}"
+    return None
 
 
 def now_ms() -> int:

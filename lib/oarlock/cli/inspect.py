@@ -164,6 +164,9 @@ def peek_command(queue: str, count: int, amqp_uri: str, reveal: bool) -> None:
     try:
         with BrokerAdmin(amqp_uri, name="oarlock peek") as admin:
             messages = admin.peek(queue, count)
+    except ConfigurationError as exc:
+        click.echo(f"oarlock: {exc}", err=True)
+        sys.exit(2)
     except TransportError as exc:
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(3)

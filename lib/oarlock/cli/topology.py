@@ -182,6 +182,9 @@ def declare_command(
     try:
         with BrokerAdmin(settings.amqp_uri, name=f"oarlock topology {settings.step_id}") as admin:
             declared = admin.declare([entry.item for entry in planned])
+    except ConfigurationError as exc:
+        click.echo(f"oarlock: {exc}", err=True)
+        sys.exit(2)
     except TransportError as exc:
         click.echo(f"oarlock: {exc}", err=True)
         sys.exit(3)

@@ -16,26 +16,33 @@
 - ``httpReply``: encrypted (protocol 1) to ``reply_to``; without one an EncodeError.
 
 Size limits raise :class:`~oarlock.errors.EncodeError`; the worker turns that into an error
-event. The clock can be injected (and the per-input message id is the view's), so every rule is
-unit-tested as it is. Where oarlock differs from sailor-nodejs 2.7.8 on the wire, docs/protocol.md
+event. So does a routing key (the ``x-eio-routing-key`` header, ``reply_to``, a configured one) or
+exchange over AMQP's 255 bytes of UTF-8, which the broker could never take; an error whose
+``reply_to`` is too long still goes to the error routing key, without the reply (logged). The
+clock can be injected (and the per-input message id is the view's), so every rule is unit-tested
+as it is. Where oarlock differs from sailor-nodejs 2.7.8 on the wire, docs/protocol.md
 says so and why.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from oarlock.amqp.types import Outgoing, SignedByte, now_ms
-from oarlock.errors import DecodeError, EncodeError
-from oarlock.protocol.crypto import MessageCipher, dumps
+from oarlock.amqp.types import Outgoing, SignedByte, now_ms, short_string_problem
+from oarlock.errors import ConfigurationError, DecodeError, EncodeError
+from oarlock.protocol.crypto import MessageCipher, dumps, encode_text
 from oarlock.protocol.events import Event, EventName
 from oarlock.protocol.headers import routing_key_override
 from oarlock.protocol.message import Message, new_id
 from oarlock.protocol.settings import Settings
 from oarlock.redact import redact, redact_text
+
+log = logging.getLogger("oarlock.worker")
 
 REBOUND_LIMIT_ERROR = {"name": "Error", "message": "Rebound limit exceeded", "stack": ""}
 
@@ -69,6 +76,8 @@ def protocol_version_of(incoming: Mapping[str, Any]) -> int:
         return value or 1
     if value is None or value == "" or value == b"":
         return 1
+    if type(value) is float and value.is_integer():  # an AMQP double, as a JS number may be sent
+        return int(value) or 1
     if isinstance(value, bool) or not isinstance(value, (int, str, bytes)):
         raise DecodeError(f"the protocolVersion header must be an integer, got a {type(value).__name__}")
     try:
@@ -97,6 +106,18 @@ class OutgoingEncoder:
         self.is_passthrough = is_passthrough
         self._clock_ms = clock_ms
         self._version = SignedByte(settings.protocol_version)
+        for variable, value in (  # checked once: a key AMQP cannot carry would fail every message
+            ("ELASTICIO_PUBLISH_MESSAGES_TO", settings.publish_messages_to),
+            ("ELASTICIO_DATA_ROUTING_KEY", settings.data_routing_key),
+            ("ELASTICIO_ERROR_ROUTING_KEY", settings.error_routing_key),
+            ("ELASTICIO_REBOUND_ROUTING_KEY", settings.rebound_routing_key),
+            ("ELASTICIO_SNAPSHOT_ROUTING_KEY", settings.snapshot_routing_key),
+            ("ELASTICIO_UPDATE_KEYS_ROUTING_KEY", settings.update_keys_routing_key),
+            ("ELASTICIO_CREDENTIAL_INVALID_ROUTING_KEY", settings.credential_invalid_routing_key),
+        ):
+            problem = short_string_problem(variable, value)
+            if problem is not None:
+                raise ConfigurationError(problem)
 
     def encode(self, view: InputView, event: Event) -> Encoded:
         """The messages one event becomes (none for ``end``); EncodeError when it cannot be published."""
@@ -119,7 +140,8 @@ class OutgoingEncoder:
         if name is EventName.CREDENTIAL_INVALID:  # encrypted like updateKeys, to the keys service
             body = self.cipher.encrypt(event.payload, self.settings.protocol_version)
             headers = self.headers(view, version=True)
-            return Encoded([self._to(self.settings.credential_invalid_routing_key, body, headers)], False)
+            key, what = self.settings.credential_invalid_routing_key, "ELASTICIO_CREDENTIAL_INVALID_ROUTING_KEY"
+            return Encoded([self._to(key, body, headers, what)], False)
         return Encoded([], False)
 
     # -- one per event ------------------------------------------------------------------------------
@@ -128,7 +150,10 @@ class OutgoingEncoder:
         message = Message(
             emitted.body, dict(emitted.headers), emitted.attachments, emitted.id, emitted.passthrough, emitted.extra
         )
-        routing_key = routing_key_override(message.headers) or self.settings.data_routing_key
+        override = routing_key_override(message.headers)
+        routing_key = override or self.settings.data_routing_key
+        what = "routing key of the x-eio-routing-key header" if override else "ELASTICIO_DATA_ROUTING_KEY"
+        _check_key(routing_key, what)  # before the encryption
         wire = wire_message(message)
         if self.is_passthrough:
             # as sailor 2.7.8: the step's output without its passthrough, over the input's passthrough
@@ -146,7 +171,7 @@ class OutgoingEncoder:
                 wire["passthrough"] = {**incoming, self.settings.step_id: own}
         body = self.cipher.encrypt(wire, self.settings.protocol_version)
         self._check_size(body, "data")
-        return self._to(routing_key, body, self.headers(view, message_id=message.id, end=True, version=True))
+        return self._to(routing_key, body, self.headers(view, message_id=message.id, end=True, version=True), what)
 
     def error(self, view: InputView, payload: Any) -> list[Outgoing]:
         error = redact(payload)
@@ -157,11 +182,18 @@ class OutgoingEncoder:
             body["errorInput"] = self.cipher.encrypt(view.content, 1).decode()
         elif view.body:
             body["errorInput"] = _as_text(view.body)
-        out = [self._to(self.settings.error_routing_key, dumps(body).encode(), self.headers(view, end=True))]
+        headers = self.headers(view, end=True)
+        out = [self._to(self.settings.error_routing_key, dumps(body).encode(), headers, "ELASTICIO_ERROR_ROUTING_KEY")]
         reply_to = view.incoming.get("reply_to")
         if reply_to and not self.settings.no_error_replies:
-            reply_headers = {**self.headers(view, end=True), "x-eio-error-response": True}
-            out.append(self._to(str(reply_to), encrypted_error.encode(), reply_headers))
+            problem = short_string_problem("reply_to header", str(reply_to))
+            if problem is None:
+                reply_headers = {**self.headers(view, end=True), "x-eio-error-response": True}
+                out.append(self._to(str(reply_to), encrypted_error.encode(), reply_headers, "reply_to header"))
+            else:
+                log.warning(
+                    "the error of message %s is not sent to its reply_to: %s", view.incoming.get("messageId"), problem
+                )
         return out
 
     def rebound(self, view: InputView, payload: Any) -> Outgoing | None:
@@ -170,6 +202,8 @@ class OutgoingEncoder:
         if iteration > self.settings.rebound_limit:
             return None
         expiration = str(2 ** (iteration - 1) * self.settings.rebound_initial_expiration)
+        _check_key(self.settings.rebound_routing_key, "ELASTICIO_REBOUND_ROUTING_KEY")
+        _check_key(self.settings.publish_messages_to, "ELASTICIO_PUBLISH_MESSAGES_TO", "exchange")
         # this step's outgoing header set (parentMessageId = this input), the body the original bytes, so its
         # protocolVersion is the incoming one (sailor re-publishes the input's own headers: docs/protocol.md)
         headers = {
@@ -190,19 +224,22 @@ class OutgoingEncoder:
 
     def snapshot(self, view: InputView, event: Event) -> Outgoing:
         headers = {**self.headers(view), "snapshotEvent": event.name.value}
-        return self._to(self.settings.snapshot_routing_key, dumps(event.payload).encode(), headers)
+        body = encode_text(dumps(event.payload))
+        return self._to(self.settings.snapshot_routing_key, body, headers, "ELASTICIO_SNAPSHOT_ROUTING_KEY")
 
     def update_keys(self, view: InputView, payload: dict[str, Any]) -> Outgoing:
         body = self.cipher.encrypt(payload, self.settings.protocol_version)
-        return self._to(self.settings.update_keys_routing_key, body, self.headers(view, version=True))
+        headers = self.headers(view, version=True)
+        return self._to(self.settings.update_keys_routing_key, body, headers, "ELASTICIO_UPDATE_KEYS_ROUTING_KEY")
 
     def http_reply(self, view: InputView, payload: dict[str, Any]) -> Outgoing:
         reply_to = view.incoming.get("reply_to")
         if not reply_to:
             raise EncodeError("httpReply needs the incoming message to carry a reply_to header")
+        _check_key(str(reply_to), "reply_to header")
         body = self.cipher.encrypt(payload, 1)
         self._check_size(body, "httpReply")
-        return self._to(str(reply_to), body, self.headers(view, version=True, value=1))
+        return self._to(str(reply_to), body, self.headers(view, version=True, value=1), "reply_to header")
 
     # -- helpers ------------------------------------------------------------------------------------
     def headers(
@@ -226,7 +263,10 @@ class OutgoingEncoder:
             headers["protocolVersion"] = self._version if value is None else SignedByte(value)
         return headers
 
-    def _to(self, routing_key: str, body: bytes, headers: dict[str, Any]) -> Outgoing:
+    def _to(self, routing_key: str, body: bytes, headers: dict[str, Any], what: str) -> Outgoing:
+        """``what``: where the routing key comes from, for the EncodeError of one AMQP cannot carry."""
+        if len(routing_key) > _ALWAYS_SHORT and not what.startswith("ELASTICIO_"):  # configured ones: checked at start
+            _check_key(routing_key, what)
         return Outgoing(
             self.settings.publish_messages_to, routing_key, body, headers, persistent=self.settings.persistent_messages
         )
@@ -240,14 +280,31 @@ class OutgoingEncoder:
             )
 
 
+#: a text of at most this many characters is at most 252 bytes of UTF-8: always a valid AMQP short string
+_ALWAYS_SHORT = 63
+
+
+def _check_key(value: str, what: str, kind: str = "routing key") -> None:
+    """EncodeError when ``value`` cannot be an AMQP routing key (or exchange); ``what``: where it came from."""
+    problem = short_string_problem(
+        what if what.startswith(kind) or what.endswith("header") else f"{kind} ({what})", value
+    )
+    if problem is not None:
+        shown = value if len(value) <= 40 else f"{value[:40]}..."
+        raise EncodeError(f"{problem}: {shown!r}")
+
+
 def _int_header(value: Any) -> int:
-    """An integer header such as ``reboundIteration``; 0 when absent or not a number."""
+    """A numeric header such as ``reboundIteration``, as sailor reads it (``typeof value === 'number'``).
+
+    An integer or a finite double (truncated); 0 when absent, negative or of any other type (a bool,
+    text, bytes, a decimal).
+    """
     if isinstance(value, bool):
         return 0
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return max(0, int(value))
+    return 0
 
 
 def wire_message(message: Message) -> dict[str, Any]:

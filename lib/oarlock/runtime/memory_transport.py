@@ -76,8 +76,10 @@ class MemoryTransport:
         content_type: str | None = "application/json",
         content_encoding: str | None = "utf8",
         delivery_mode: int | None = 2,
+        decode_error: str | None = None,
     ) -> None:
-        """Put one message in the input queue (it is delivered when a prefetch slot is free)."""
+        """Put one message in the input queue (it is delivered when a prefetch slot is free); ``decode_error``:
+        as the AMQP transport hands over a message whose properties it could not decode."""
 
         def put() -> None:
             self._next_tag += 1
@@ -93,6 +95,7 @@ class MemoryTransport:
                     content_type,
                     content_encoding,
                     delivery_mode,
+                    decode_error,
                 )
             )
             self._pump()

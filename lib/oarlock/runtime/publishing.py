@@ -50,7 +50,10 @@ class EventPublishing:
             return
         elif event.name is EventName.CREDENTIAL_INVALID:  # to an oarlock platform's keys service, not settled
             if "amqp" in self.update_keys_routes:
-                self.transport.publish(self.encoder.encode(job.view, event).messages[0])
+                try:
+                    self.transport.publish(self.encoder.encode(job.view, event).messages[0])
+                except EncodeError as exc:
+                    log.error("the dead-credential report could not be published: %s", exc)
             return
         try:
             if event.name is EventName.DATA:  # nearly every event: straight to its encoding
@@ -65,7 +68,14 @@ class EventPublishing:
         if encoded.is_error:
             job.errored = True
         for message in encoded.messages:
-            self._send(job, message)
+            try:
+                self._send(job, message)
+            except EncodeError as exc:  # the transport cannot marshal it (a header value, say)
+                if encoded.is_error:  # the error itself: the input is rejected without it
+                    log.error("the error of message %s cannot be published (%s): rejected", job.message_id, exc)
+                    job.errored = True
+                else:
+                    self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
 
     def _snapshot_event(self, job: Job, event: Event) -> None:
         """Encoded first, then what was encoded is applied: the worker's snapshot only ever holds JSON (a
@@ -82,7 +92,10 @@ class EventPublishing:
                 self.snapshot = applied
             else:
                 self.snapshot.update(applied)
-        self._send(job, message)
+        try:
+            self._send(job, message)
+        except EncodeError as exc:
+            self._publish_event(job, Event(EventName.ERROR, error_payload(exc)))
 
     def _update_keys(self, job: Job, event: Event) -> None:
         """Every route the deployment has must take the update before the input is acked.

@@ -273,6 +273,8 @@ class Worker(EventPublishing):
             self.transport.ack(delivery)
             return None
         try:
+            if delivery.decode_error is not None:  # the transport could not read its AMQP properties
+                raise DecodeError(f"the message's AMQP properties cannot be decoded: {delivery.decode_error}")
             version = incoming.get("protocolVersion")
             view.protocol_version = version if type(version) is int and version else protocol_version_of(incoming)
             view.content = self.cipher.decrypt(delivery.body, view.protocol_version)
