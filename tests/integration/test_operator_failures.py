@@ -229,3 +229,20 @@ def test_an_input_queue_that_does_not_exist_is_one_line_naming_it_and_exit_2_not
     assert last.startswith(f"oarlock: queue {broker.input_queue}-missing (ELASTICIO_LISTEN_MESSAGES_ON) cannot be")
     assert done.stderr.count("reconnecting") <= 1 and "Traceback" not in done.stderr  # the check closed a channel
     assert time.monotonic() - started < 20
+
+
+@pytest.mark.amqp
+def test_an_exchange_that_does_not_exist_is_one_line_naming_it_and_exit_2_not_a_loop_rerunning_the_input(
+    broker: BrokerSandbox,
+) -> None:
+    broker.publish_input({"body": {"n": 1}})
+    done = start_up_failure(
+        worker_env(broker, ELASTICIO_PUBLISH_MESSAGES_TO=f"{broker.exchange}-missing"), "--component", AMQP, "--burst"
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert (
+        last
+        == f"oarlock: exchange {broker.exchange}-missing (ELASTICIO_PUBLISH_MESSAGES_TO) does not exist or is not accessible"
+    )
+    assert broker.count("in") == 1, "the input was not taken: it waits for a worker that can publish its outputs"

@@ -35,6 +35,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from typing import Any
 
 import pika
 import pika.channel
@@ -99,7 +100,7 @@ class AmqpTransport:
         self._handler: IncomingHandler | None = None
         self._consuming_wanted = False
         self._ledger = PublishLedger()  # the publishes waiting for their confirm, by delivery tag
-        self._asking: set[Future[int]] = set()
+        self._asking: set[Future[Any]] = set()
         self._waiting: list[tuple[Callable[[], None], Confirm]] = []
         self._io_thread: int | None = None
         self._outbox: collections.deque[Callable[[], None]] = collections.deque()
@@ -373,12 +374,24 @@ class AmqpTransport:
 
     def message_count(self, queue: str) -> Future[int]:
         """How many ready messages the queue holds (passive declare)."""
-        result: Future[int] = Future()
+        return self._ask(
+            lambda channel, answer: channel.queue_declare(queue, passive=True, callback=answer),
+            lambda frame: int(frame.method.message_count),
+        )
+
+    def exchange_exists(self, exchange: str) -> Future[bool]:
+        """True once the broker answers a passive declare; TransportError when it closes the channel instead."""
+        return self._ask(
+            lambda channel, answer: channel.exchange_declare(exchange, passive=True, callback=answer), lambda _f: True
+        )
+
+    def _ask(self, send: Callable[[Any, Callable[[Any], None]], None], read: Callable[[Any], Any]) -> Future[Any]:
+        result: Future[Any] = Future()
 
         def answer(frame: pika.frame.Method) -> None:
             self._asking.discard(result)
             if not result.done():
-                result.set_result(int(frame.method.message_count))
+                result.set_result(read(frame))
 
         def ask() -> None:
             channel = self._consume_channel
@@ -386,7 +399,7 @@ class AmqpTransport:
                 result.set_exception(TransportError("no open channel"))
                 return
             self._asking.add(result)  # failed if the channel closes instead of answering (a missing queue)
-            channel.queue_declare(queue, passive=True, callback=answer)
+            send(channel, answer)
 
         self.call(ask)
         return result

@@ -126,6 +126,9 @@ class Transport(Protocol):
     def message_count(self, queue: str) -> Future[int]:
         """How many ready messages the queue holds."""
 
+    def exchange_exists(self, exchange: str) -> Future[bool]:
+        """True when the exchange exists (TransportError when the broker says it does not)."""
+
     def close(self) -> None: ...
 
 

@@ -237,6 +237,11 @@ class MemoryTransport:
         self.call(lambda: result.set_result(len(self._ready)))
         return result
 
+    def exchange_exists(self, exchange: str) -> Future[bool]:
+        result: Future[bool] = Future()
+        self.call(lambda: result.set_result(True))  # the memory transport routes everything
+        return result
+
     def close(self) -> None:
         with self._state:
             self._closed = True

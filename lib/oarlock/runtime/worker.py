@@ -118,6 +118,7 @@ class Worker(EventPublishing):
         if self._stop.is_set():
             return  # stopped while connecting (the transport gave up waiting for the broker): nothing to consume
         self._check_queue(self.settings.listen_messages_on)
+        self._check_exchange(self.settings.publish_messages_to)
         self.transport.consume(self.settings.listen_messages_on, self.settings.prefetch, self._on_delivery)
         log.info(
             "consuming %s (prefetch %s, concurrency %s)",
@@ -139,6 +140,18 @@ class Worker(EventPublishing):
         except FutureTimeout:
             raise TransportError(
                 f"the broker did not answer within {START_CHECK_SECONDS:g} s whether queue {queue} exists"
+            ) from None
+
+    def _check_exchange(self, exchange: str) -> None:
+        """TransportError unless the exchange exists: a publish to a missing one closes the channel, and the input
+        would be redelivered and run again on every reconnect."""
+        if not exchange:
+            return  # the default exchange always exists (and cannot be declared)
+        try:
+            self.transport.exchange_exists(exchange).result(START_CHECK_SECONDS)
+        except (TransportError, FutureTimeout):
+            raise TransportError(
+                f"exchange {exchange} (ELASTICIO_PUBLISH_MESSAGES_TO) does not exist or is not accessible"
             ) from None
 
     def run(self) -> int:
