@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ class CountingStore(SqliteKeyStore):
 def message(manager: CredentialManager, cfg: dict[str, Any], url: str) -> requests.Response:
     """What one input does: the static cfg prepared afresh, one API call through ctx.http."""
     return authorized_session(manager, manager.newest_cfg(cfg), sink=EventList()).get(url)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteKeyStore]:
+    opened = SqliteKeyStore(tmp_path / "keys.sqlite")
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
@@ -99,50 +107,42 @@ def test_during_the_cooldown_the_store_is_asked_at_most_once_a_second(dead_cfg_w
     assert CountingStore.gets - before <= 2 and provider.stats()["invalid_grant"] == 1
 
 
-def test_a_re_authorization_during_a_workers_refresh_waits_for_it_and_wins(tmp_path: Path) -> None:
-    store = SqliteKeyStore(tmp_path / "keys.sqlite")
-    try:
-        with DevProvider(rotation="rotate", token_latency_ms=800) as provider:
-            cfg = provider.cfg(account="acct-race", subject="old-user")
-            cfg["oauth"]["expires_at"] = 0
-            worker = CredentialManager(coordinator=store)
-            at_endpoint = threading.Event()
-            provider_calls = provider.stats()["refresh_calls"]
+def test_a_re_authorization_during_a_workers_refresh_waits_for_it_and_wins(store: SqliteKeyStore) -> None:
+    with DevProvider(rotation="rotate", token_latency_ms=800) as provider:
+        cfg = provider.cfg(account="acct-race", subject="old-user")
+        cfg["oauth"]["expires_at"] = 0
+        worker = CredentialManager(coordinator=store)
+        at_endpoint = threading.Event()
+        provider_calls = provider.stats()["refresh_calls"]
 
-            def refresh() -> None:
-                session = authorized_session(worker, worker.newest_cfg(cfg), sink=EventList())
-                at_endpoint.set()
-                assert session.get(f"{provider.url}/api/me").status_code == 200
+        def refresh() -> None:
+            session = authorized_session(worker, worker.newest_cfg(cfg), sink=EventList())
+            at_endpoint.set()
+            assert session.get(f"{provider.url}/api/me").status_code == 200
 
-            running = threading.Thread(target=refresh)
-            running.start()
-            at_endpoint.wait(10)
-            deadline = time.monotonic() + 10
-            while provider.stats()["refresh_calls"] == provider_calls and time.monotonic() < deadline:
-                time.sleep(0.01)  # the worker holds the account's lock and waits for the token endpoint
-            live = provider.mint("new-user")
-            done = store_authorization(store, "acct-race", dict(live))  # the operator, meanwhile
-            running.join(30)
-        stored = store.get("acct-race")
-        assert done.written and stored is not None and stored.version == done.version
-        assert stored.oauth["refresh_token"] == live["refresh_token"], "the re-authorization is what the store holds"
-        assert done.replaced_version is not None, "it was stored over the worker's refresh, not under it"
-    finally:
-        store.close()
+        running = threading.Thread(target=refresh)
+        running.start()
+        at_endpoint.wait(10)
+        deadline = time.monotonic() + 10
+        while provider.stats()["refresh_calls"] == provider_calls and time.monotonic() < deadline:
+            time.sleep(0.01)  # the worker holds the account's lock and waits for the token endpoint
+        live = provider.mint("new-user")
+        done = store_authorization(store, "acct-race", dict(live))  # the operator, meanwhile
+        running.join(30)
+    stored = store.get("acct-race")
+    assert done.written and stored is not None and stored.version == done.version
+    assert stored.oauth["refresh_token"] == live["refresh_token"], "the re-authorization is what the store holds"
+    assert done.replaced_version is not None, "it was stored over the worker's refresh, not under it"
 
 
-def test_a_token_set_with_its_own_history_is_stored_only_when_it_wins_under_the_lock(tmp_path: Path) -> None:
-    store = SqliteKeyStore(tmp_path / "keys.sqlite")
-    try:
-        old = store_authorization(store, "acct", {"access_token": "at-0", "refresh_token": "rt-0"})
-        first = store_authorization(store, "acct", {"access_token": "at-1", "refresh_token": "rt-1"})
-        stale = dict(old.oauth)  # a late PUT of the credential the re-authorization superseded
-        refused = store_authorization(store, "acct", stale, fresh=False, only_if_newer=True)
-        assert not refused.written and refused.version == first.version
-        stored = store.get("acct")
-        assert stored is not None and stored.oauth["refresh_token"] == "rt-1"
-    finally:
-        store.close()
+def test_a_token_set_with_its_own_history_is_stored_only_when_it_wins_under_the_lock(store: SqliteKeyStore) -> None:
+    old = store_authorization(store, "acct", {"access_token": "at-0", "refresh_token": "rt-0"})
+    first = store_authorization(store, "acct", {"access_token": "at-1", "refresh_token": "rt-1"})
+    stale = dict(old.oauth)  # a late PUT of the credential the re-authorization superseded
+    refused = store_authorization(store, "acct", stale, fresh=False, only_if_newer=True)
+    assert not refused.written and refused.version == first.version
+    stored = store.get("acct")
+    assert stored is not None and stored.oauth["refresh_token"] == "rt-1"
 
 
 def test_a_worker_restarted_from_a_cfg_with_the_dead_credential_starts_from_the_re_authorization(

@@ -90,12 +90,12 @@ def describe(
 
 
 def _secret_usable(secrets: Mapping[str, str], client_id: Any, settings: Mapping[str, Any]) -> bool:
-    from oarlock.keys.secrets import ClientSecrets, token_origin
+    from oarlock.keys.secrets import ClientSecrets, permits
 
     if not isinstance(client_id, str) or client_id not in secrets:
         return False
     allowed = secrets.allowed_origins(client_id) if isinstance(secrets, ClientSecrets) else None
-    return allowed is None or token_origin(settings.get("token_uri")) in allowed
+    return permits(allowed, settings.get("token_uri"))  # the keep-alive's own rule
 
 
 def _secrets(path: str | None) -> Mapping[str, str] | None:

@@ -68,7 +68,7 @@ from oarlock.keys.accounts import (
     refresh_settings,
 )
 from oarlock.keys.base import KeyStore, StoredCredential
-from oarlock.keys.secrets import BOUND_FORMAT, ClientSecrets, token_origin
+from oarlock.keys.secrets import BOUND_FORMAT, ClientSecrets, permits, token_origin
 from oarlock.protocol.events import EventList, EventName
 from oarlock.redact import redact_text, register_secret
 
@@ -282,11 +282,14 @@ class Keepalive:
             allowed = self.default_origins if secret else None
         else:
             return None, "skipped_no_secret", f"no client secret for client_id {client_id!r} in the client secrets"
-        if allowed is not None:
-            origin = token_origin(settings.get("token_uri"))
-            if origin is None or origin not in allowed:
-                return None, "skipped_no_secret", foreign_endpoint(client_id, origin, allowed)
-        elif secret:
+        if not permits(allowed, settings.get("token_uri")):
+            assert allowed is not None
+            return (
+                None,
+                "skipped_no_secret",
+                foreign_endpoint(client_id, token_origin(settings.get("token_uri")), allowed),
+            )
+        if allowed is None and secret:
             self._warn_unbound(client_id)
         return {**settings, "client_secret": secret}, None, ""
 

@@ -53,6 +53,11 @@ def token_origin(url: object) -> str | None:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+def permits(allowed: frozenset[str] | None, token_uri: object) -> bool:
+    """Whether a secret bound to ``allowed`` origins (None: unbound) may be sent to ``token_uri``."""
+    return allowed is None or token_origin(token_uri) in allowed
+
+
 class ClientSecrets(Mapping[str, str]):
     """client_id -> secret (read-only), and the token-endpoint origins each client's secret is bound to.
 

@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -130,29 +131,29 @@ class Worker(EventPublishing):
 
     def _check_queue(self, queue: str) -> None:
         """TransportError unless the input queue exists: a missing one would close the channel on every reconnect."""
-        try:
-            self.transport.message_count(queue).result(START_CHECK_SECONDS)
-        except TransportError:  # the broker closed the channel instead of answering
-            raise TransportError(
-                f"queue {queue} (ELASTICIO_LISTEN_MESSAGES_ON) cannot be consumed: it does not exist or is not "
-                "accessible"
-            ) from None
-        except FutureTimeout:
-            raise TransportError(
-                f"the broker did not answer within {START_CHECK_SECONDS:g} s whether queue {queue} exists"
-            ) from None
+        self._require(
+            self.transport.message_count(queue),
+            f"queue {queue} (ELASTICIO_LISTEN_MESSAGES_ON) cannot be consumed: it does not exist or is not accessible",
+            unanswered=f"the broker did not answer within {START_CHECK_SECONDS:g} s whether queue {queue} exists",
+        )
 
     def _check_exchange(self, exchange: str) -> None:
         """TransportError unless the exchange exists: a publish to a missing one closes the channel, and the input
         would be redelivered and run again on every reconnect."""
-        if not exchange:
-            return  # the default exchange always exists (and cannot be declared)
+        if exchange:  # the default exchange always exists (and cannot be declared)
+            missing = f"exchange {exchange} (ELASTICIO_PUBLISH_MESSAGES_TO) does not exist or is not accessible"
+            self._require(self.transport.exchange_exists(exchange), missing, unanswered=missing)
+
+    @staticmethod
+    def _require(answer: Future[Any], missing: str, *, unanswered: str) -> None:
+        """A passive declare's answer within START_CHECK_SECONDS, else TransportError(``missing``: the broker closed
+        the channel instead of answering; ``unanswered``: it did not answer in time)."""
         try:
-            self.transport.exchange_exists(exchange).result(START_CHECK_SECONDS)
-        except (TransportError, FutureTimeout):
-            raise TransportError(
-                f"exchange {exchange} (ELASTICIO_PUBLISH_MESSAGES_TO) does not exist or is not accessible"
-            ) from None
+            answer.result(START_CHECK_SECONDS)
+        except TransportError:
+            raise TransportError(missing) from None
+        except FutureTimeout:
+            raise TransportError(unanswered) from None
 
     def run(self) -> int:
         """Start, process until stopped (or, with ``burst``, until the queue is empty), then shut down."""
